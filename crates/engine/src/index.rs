@@ -41,7 +41,10 @@ impl IndexBytes {
         // engine runs; the engine holds the data directory's lock so no other process writes them.
         let map = unsafe { Mmap::map(file)? };
         if map.len() % entry != 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "index length is not whole entries"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "index length is not whole entries",
+            ));
         }
         Ok(IndexBytes::Mapped(map))
     }
@@ -65,12 +68,18 @@ impl IndexBuf {
 
 fn offset_entry(bytes: &[u8], i: usize) -> (u32, u32) {
     let e = &bytes[i * OFFSET_ENTRY..(i + 1) * OFFSET_ENTRY];
-    (u32::from_le_bytes(e[0..4].try_into().expect("4")), u32::from_le_bytes(e[4..8].try_into().expect("4")))
+    (
+        u32::from_le_bytes(e[0..4].try_into().expect("4")),
+        u32::from_le_bytes(e[4..8].try_into().expect("4")),
+    )
 }
 
 fn time_entry(bytes: &[u8], i: usize) -> (i64, u32) {
     let e = &bytes[i * TIME_ENTRY..(i + 1) * TIME_ENTRY];
-    (i64::from_le_bytes(e[0..8].try_into().expect("8")), u32::from_le_bytes(e[8..12].try_into().expect("4")))
+    (
+        i64::from_le_bytes(e[0..8].try_into().expect("8")),
+        u32::from_le_bytes(e[8..12].try_into().expect("4")),
+    )
 }
 
 /// Byte position of the batch holding `rel_offset`, or a batch before it: the entry with the largest relative
@@ -87,7 +96,11 @@ pub fn position_for_offset(offsets: &[u8], rel_offset: u32) -> u32 {
             hi = mid;
         }
     }
-    if lo == 0 { 0 } else { offset_entry(offsets, lo - 1).1 }
+    if lo == 0 {
+        0
+    } else {
+        offset_entry(offsets, lo - 1).1
+    }
 }
 
 /// Relative offset of a batch from which a scan for the first record with timestamp `>= ts` can start: the
@@ -103,7 +116,11 @@ pub fn start_for_timestamp(times: &[u8], ts: i64) -> u32 {
             hi = mid;
         }
     }
-    if lo == 0 { 0 } else { time_entry(times, lo - 1).1 }
+    if lo == 0 {
+        0
+    } else {
+        time_entry(times, lo - 1).1
+    }
 }
 
 /// The last time entry: a sealed segment's max timestamp.
@@ -135,7 +152,7 @@ mod tests {
             for (i, r) in rels.iter().enumerate() {
                 idx.push(*r, (i as u32) * 100, i as i64);
             }
-            let expected = rels.iter().enumerate().filter(|(_, r)| **r <= target).last().map_or(0, |(i, _)| i as u32 * 100);
+            let expected = rels.iter().enumerate().rfind(|(_, r)| **r <= target).map_or(0, |(i, _)| i as u32 * 100);
             prop_assert_eq!(position_for_offset(&idx.offsets, target), expected);
         }
 
@@ -152,7 +169,7 @@ mod tests {
                 idx.push(i as u32 * 3, 0, ts);
                 entries.push((ts, i as u32 * 3));
             }
-            let expected = entries.iter().filter(|(t, _)| *t < target).last().map_or(0, |(_, r)| *r);
+            let expected = entries.iter().rfind(|(t, _)| *t < target).map_or(0, |(_, r)| *r);
             prop_assert_eq!(start_for_timestamp(&idx.times, target), expected);
             prop_assert_eq!(last_time(&idx.times), entries.last().map(|e| e.0));
         }

@@ -20,8 +20,8 @@ use crate::batch::{self, BatchHeader, FrameError};
 use crate::index::{self, IndexBuf};
 use crate::segment::{self, SegmentFile};
 use crate::{
-    AppendOutcome, Clock, Durability, NewRecord, ReadLimits, ReadResult, Record, Retention, RetentionReport,
-    StoreError,
+    AppendOutcome, Clock, Durability, NewRecord, ReadLimits, ReadResult, Record, Retention,
+    RetentionReport, StoreError,
 };
 
 /// Engine settings a partition needs (derived once from the store's config).
@@ -68,9 +68,15 @@ struct State {
 }
 
 enum Cmd {
-    Append { records: Vec<NewRecord>, reply: oneshot::Sender<Result<AppendOutcome, StoreError>> },
+    Append {
+        records: Vec<NewRecord>,
+        reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    },
     /// Roll the active segment if it holds data older than `expire_before` or older than the segment age limit.
-    Roll { expire_before: Option<i64>, reply: oneshot::Sender<Result<(), StoreError>> },
+    Roll {
+        expire_before: Option<i64>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// State shared by the writer thread and readers.
@@ -124,16 +130,25 @@ impl Partition {
             .name(format!("log-writer-{topic}-{id}"))
             .spawn(move || writer_loop(&writer_shared, rx))
             .map_err(|e| StoreError::io("starting a partition writer", e))?;
-        Ok(Partition { shared, tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(handle)) })
+        Ok(Partition {
+            shared,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(handle)),
+        })
     }
 
     pub async fn append(&self, records: Vec<NewRecord>) -> Result<AppendOutcome, StoreError> {
         if records.is_empty() {
-            return Err(StoreError::InvalidArgument("a batch holds at least one record".into()));
+            return Err(StoreError::InvalidArgument(
+                "a batch holds at least one record".into(),
+            ));
         }
         let approx: usize = records.iter().map(NewRecord::approx_size).sum();
         if approx > self.shared.settings.max_batch_bytes {
-            return Err(StoreError::BatchTooLarge { size: approx, max: self.shared.settings.max_batch_bytes });
+            return Err(StoreError::BatchTooLarge {
+                size: approx,
+                max: self.shared.settings.max_batch_bytes,
+            });
         }
         let (reply, rx) = oneshot::channel();
         self.send(Cmd::Append { records, reply }).await?;
@@ -153,29 +168,50 @@ impl Partition {
         self.shared.visible.subscribe()
     }
 
-    pub async fn read(self: &Arc<Self>, offset: u64, limits: ReadLimits) -> Result<ReadResult, StoreError> {
+    pub async fn read(
+        self: &Arc<Self>,
+        offset: u64,
+        limits: ReadLimits,
+    ) -> Result<ReadResult, StoreError> {
         let this = self.clone();
         blocking(move || this.shared.read(offset, limits)).await
     }
 
-    pub async fn offset_for_timestamp(self: &Arc<Self>, ts: i64) -> Result<Option<u64>, StoreError> {
+    pub async fn offset_for_timestamp(
+        self: &Arc<Self>,
+        ts: i64,
+    ) -> Result<Option<u64>, StoreError> {
         let this = self.clone();
         blocking(move || this.shared.offset_for_timestamp(ts)).await
     }
 
     /// Rolls what must roll, then deletes whole sealed segments that retention says have expired.
-    pub async fn enforce_retention(self: &Arc<Self>, retention: Retention) -> Result<RetentionReport, StoreError> {
+    pub async fn enforce_retention(
+        self: &Arc<Self>,
+        retention: Retention,
+    ) -> Result<RetentionReport, StoreError> {
         let now = self.shared.clock.now_ms();
-        let expire_before =
-            retention.max_age.map(|age| now.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)));
+        let expire_before = retention
+            .max_age
+            .map(|age| now.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)));
         let (reply, rx) = oneshot::channel();
-        match self.send(Cmd::Roll { expire_before, reply }).await {
+        match self
+            .send(Cmd::Roll {
+                expire_before,
+                reply,
+            })
+            .await
+        {
             Ok(()) => rx.await.map_err(|_| StoreError::ShuttingDown)??,
             Err(StoreError::ShuttingDown) => return Ok(RetentionReport::default()),
             Err(e) => return Err(e),
         }
         let this = self.clone();
-        blocking(move || this.shared.delete_expired(expire_before, retention.max_bytes)).await
+        blocking(move || {
+            this.shared
+                .delete_expired(expire_before, retention.max_bytes)
+        })
+        .await
     }
 
     /// Stops the writer after the appends already queued, and makes everything durable.
@@ -183,8 +219,12 @@ impl Partition {
         drop(lock(&self.tx).take());
         let handle = lock(&self.writer).take();
         if let Some(handle) = handle {
-            blocking(move || handle.join().map_err(|_| StoreError::Backend("partition writer panicked".into())))
-                .await?;
+            blocking(move || {
+                handle
+                    .join()
+                    .map_err(|_| StoreError::Backend("partition writer panicked".into()))
+            })
+            .await?;
         }
         let this = self.clone();
         blocking(move || {
@@ -217,26 +257,41 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Backend(format!("blocking task failed: {e}")))?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Backend(format!("blocking task failed: {e}")))?
 }
 
 impl Shared {
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write_state(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn bounds(&self) -> (u64, u64) {
         let st = self.read_state();
-        let earliest = st.sealed.front().map_or(st.active.file.base, |s| s.file.base);
+        let earliest = st
+            .sealed
+            .front()
+            .map_or(st.active.file.base, |s| s.file.base);
         (earliest, st.active.next_offset)
     }
 
     fn out_of_range(&self, requested: u64, earliest: u64, latest: u64) -> StoreError {
-        StoreError::OffsetOutOfRange { topic: self.topic.clone(), partition: self.id, requested, earliest, latest }
+        StoreError::OffsetOutOfRange {
+            topic: self.topic.clone(),
+            partition: self.id,
+            requested,
+            earliest,
+            latest,
+        }
     }
 
     /// The readable range of the segment holding `offset`, starting at the indexed batch at or before it.
@@ -248,9 +303,16 @@ impl Shared {
             if offset >= a.next_offset {
                 return Ok(None);
             }
-            let start =
-                if use_index { index::position_for_offset(&a.index.offsets, (offset - a.file.base) as u32) } else { 0 };
-            return Ok(Some(SegView { file: a.file.clone(), start: u64::from(start), end: a.len }));
+            let start = if use_index {
+                index::position_for_offset(&a.index.offsets, (offset - a.file.base) as u32)
+            } else {
+                0
+            };
+            return Ok(Some(SegView {
+                file: a.file.clone(),
+                start: u64::from(start),
+                end: a.len,
+            }));
         }
         let i = st.sealed.partition_point(|s| s.file.base <= offset);
         if i == 0 {
@@ -264,7 +326,9 @@ impl Shared {
         drop(st);
         let start = if use_index {
             match file.sealed_index() {
-                Ok((offsets, _)) => index::position_for_offset(offsets, (offset - file.base) as u32),
+                Ok((offsets, _)) => {
+                    index::position_for_offset(offsets, (offset - file.base) as u32)
+                }
                 Err(e) => {
                     tracing::warn!(segment = %file.path.display(), error = %e, "index unavailable, scanning");
                     0
@@ -273,7 +337,11 @@ impl Shared {
         } else {
             0
         };
-        Ok(Some(SegView { file, start: u64::from(start), end }))
+        Ok(Some(SegView {
+            file,
+            start: u64::from(start),
+            end,
+        }))
     }
 
     fn read(&self, offset: u64, limits: ReadLimits) -> Result<ReadResult, StoreError> {
@@ -286,14 +354,32 @@ impl Shared {
         let mut bytes = 0usize;
         let mut cur = offset;
         while records.len() < max_records && bytes < limits.max_bytes {
-            let Some(view) = self.segment_for(cur, true)? else { break };
+            let Some(view) = self.segment_for(cur, true)? else {
+                break;
+            };
             let before = cur;
-            match self.read_segment(&view, &mut cur, max_records, limits.max_bytes, &mut records, &mut bytes) {
+            match self.read_segment(
+                &view,
+                &mut cur,
+                max_records,
+                limits.max_bytes,
+                &mut records,
+                &mut bytes,
+            ) {
                 Err(ReadError::IndexMismatch) => {
                     tracing::warn!(topic = %self.topic, partition = self.id, offset = cur, "index points past the offset, rescanning segment");
-                    let Some(view) = self.segment_for(cur, false)? else { break };
-                    self.read_segment(&view, &mut cur, max_records, limits.max_bytes, &mut records, &mut bytes)
-                        .map_err(ReadError::into_store)?;
+                    let Some(view) = self.segment_for(cur, false)? else {
+                        break;
+                    };
+                    self.read_segment(
+                        &view,
+                        &mut cur,
+                        max_records,
+                        limits.max_bytes,
+                        &mut records,
+                        &mut bytes,
+                    )
+                    .map_err(ReadError::into_store)?;
                 }
                 other => other.map_err(ReadError::into_store)?,
             }
@@ -306,7 +392,12 @@ impl Shared {
             let (e, l) = self.bounds();
             return Err(self.out_of_range(offset, e, l));
         }
-        Ok(ReadResult { records, next_offset: cur, earliest, latest: latest.max(cur) })
+        Ok(ReadResult {
+            records,
+            next_offset: cur,
+            earliest,
+            latest: latest.max(cur),
+        })
     }
 
     fn read_segment(
@@ -328,8 +419,12 @@ impl Shared {
             if h.next_offset() <= *cur {
                 return Ok(ControlFlow::Continue(()));
             }
-            batch::decode_records(&batch, &h, *cur, out)
-                .map_err(|e| ReadError::Store(view.file.corrupt(0, format!("batch at offset {}: {e}", h.base_offset))))?;
+            batch::decode_records(&batch, &h, *cur, out).map_err(|e| {
+                ReadError::Store(
+                    view.file
+                        .corrupt(0, format!("batch at offset {}: {e}", h.base_offset)),
+                )
+            })?;
             *bytes += h.total_len;
             *cur = h.next_offset();
             if out.len() >= max_records {
@@ -337,7 +432,11 @@ impl Shared {
                 *cur = out.last().map_or(*cur, |r| r.offset + 1);
                 return Ok(ControlFlow::Break(()));
             }
-            Ok(if *bytes >= max_bytes { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+            Ok(if *bytes >= max_bytes {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
         })
     }
 
@@ -348,38 +447,60 @@ impl Shared {
             let mut v = Vec::new();
             for s in &st.sealed {
                 if s.max_ts >= ts {
-                    v.push(SegView { file: s.file.clone(), start: u64::MAX, end: s.size });
+                    v.push(SegView {
+                        file: s.file.clone(),
+                        start: u64::MAX,
+                        end: s.size,
+                    });
                 }
             }
             let a = &st.active;
             if a.max_ts.is_some_and(|m| m >= ts) {
                 let rel = index::start_for_timestamp(&a.index.times, ts);
                 let start = index::position_for_offset(&a.index.offsets, rel);
-                v.push(SegView { file: a.file.clone(), start: u64::from(start), end: a.len });
+                v.push(SegView {
+                    file: a.file.clone(),
+                    start: u64::from(start),
+                    end: a.len,
+                });
             }
             v
         };
         for mut view in candidates {
             if view.start == u64::MAX {
                 view.start = match view.file.sealed_index() {
-                    Ok((offsets, times)) => {
-                        u64::from(index::position_for_offset(offsets, index::start_for_timestamp(times, ts)))
-                    }
+                    Ok((offsets, times)) => u64::from(index::position_for_offset(
+                        offsets,
+                        index::start_for_timestamp(times, ts),
+                    )),
                     Err(_) => 0,
                 };
             }
             let mut found = None;
-            for_each_batch(&view.file, view.start, view.end, MIN_READ_CHUNK, |batch, h| {
-                if h.max_timestamp < ts {
-                    return Ok(ControlFlow::Continue(()));
-                }
-                let mut recs = Vec::new();
-                batch::decode_records(&batch, &h, 0, &mut recs).map_err(|e| {
-                    ReadError::Store(view.file.corrupt(0, format!("batch at offset {}: {e}", h.base_offset)))
-                })?;
-                found = recs.iter().find(|r| r.timestamp_ms >= ts).map(|r| r.offset);
-                Ok(if found.is_some() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
-            })
+            for_each_batch(
+                &view.file,
+                view.start,
+                view.end,
+                MIN_READ_CHUNK,
+                |batch, h| {
+                    if h.max_timestamp < ts {
+                        return Ok(ControlFlow::Continue(()));
+                    }
+                    let mut recs = Vec::new();
+                    batch::decode_records(&batch, &h, 0, &mut recs).map_err(|e| {
+                        ReadError::Store(
+                            view.file
+                                .corrupt(0, format!("batch at offset {}: {e}", h.base_offset)),
+                        )
+                    })?;
+                    found = recs.iter().find(|r| r.timestamp_ms >= ts).map(|r| r.offset);
+                    Ok(if found.is_some() {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    })
+                },
+            )
             .map_err(ReadError::into_store)?;
             if found.is_some() {
                 return Ok(found);
@@ -388,7 +509,11 @@ impl Shared {
         Ok(None)
     }
 
-    fn delete_expired(&self, expire_before: Option<i64>, max_bytes: Option<u64>) -> Result<RetentionReport, StoreError> {
+    fn delete_expired(
+        &self,
+        expire_before: Option<i64>,
+        max_bytes: Option<u64>,
+    ) -> Result<RetentionReport, StoreError> {
         let removed: Vec<Sealed> = {
             let mut st = self.write_state();
             let mut total: u64 = st.sealed.iter().map(|s| s.size).sum::<u64>() + st.active.len;
@@ -406,11 +531,17 @@ impl Shared {
         };
         let mut report = RetentionReport::default();
         for s in removed {
-            for path in [s.file.path.clone(), s.file.index_path(), s.file.timeindex_path()] {
+            for path in [
+                s.file.path.clone(),
+                s.file.index_path(),
+                s.file.timeindex_path(),
+            ] {
                 match std::fs::remove_file(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(StoreError::io(format!("deleting {}", path.display()), e)),
+                    Err(e) => {
+                        return Err(StoreError::io(format!("deleting {}", path.display()), e));
+                    }
                 }
             }
             tracing::info!(topic = %self.topic, partition = self.id, base_offset = s.file.base,
@@ -466,7 +597,9 @@ fn for_each_batch(
                 Ok(h) => h,
                 Err(FrameError::Incomplete { needed, .. }) => {
                     if at + needed as u64 > end {
-                        return Err(file.corrupt(at, "batch runs past the end of the acknowledged log").into());
+                        return Err(file
+                            .corrupt(at, "batch runs past the end of the acknowledged log")
+                            .into());
                     }
                     if p > 0 {
                         break;
@@ -478,7 +611,13 @@ fn for_each_batch(
             };
             if expected.is_some_and(|x| x != h.base_offset) {
                 return Err(file
-                    .corrupt(at, format!("batch base offset {} breaks the sequence (expected {expected:?})", h.base_offset))
+                    .corrupt(
+                        at,
+                        format!(
+                            "batch base offset {} breaks the sequence (expected {expected:?})",
+                            h.base_offset
+                        ),
+                    )
                     .into());
             }
             expected = Some(h.next_offset());
@@ -503,7 +642,8 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 /// (they were fsync'd before sealing), the active segment is scanned and a torn or corrupt tail is cut off.
 fn recover(topic: &str, id: u32, dir: &Path, settings: &Settings) -> Result<State, StoreError> {
     let mut bases = Vec::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
         let name = entry.file_name();
@@ -519,8 +659,10 @@ fn recover(topic: &str, id: u32, dir: &Path, settings: &Settings) -> Result<Stat
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             let path = entry.path();
-            if matches!(path.extension().and_then(|e| e.to_str()), Some("index" | "timeindex"))
-                && !path.with_extension("log").exists()
+            if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("index" | "timeindex")
+            ) && !path.with_extension("log").exists()
             {
                 let _ = std::fs::remove_file(&path);
             }
@@ -537,7 +679,11 @@ fn recover(topic: &str, id: u32, dir: &Path, settings: &Settings) -> Result<Stat
         let file = Arc::new(SegmentFile::open(dir, base, false)?);
         let size = file.len()?;
         let next_offset = bases[i + 1];
-        let max_ts = match file.sealed_index().ok().and_then(|(_, times)| index::last_time(times)) {
+        let max_ts = match file
+            .sealed_index()
+            .ok()
+            .and_then(|(_, times)| index::last_time(times))
+        {
             Some(ts) => ts,
             None => {
                 tracing::warn!(topic, partition = id, segment = %file.path.display(), "rebuilding missing index");
@@ -548,11 +694,21 @@ fn recover(topic: &str, id: u32, dir: &Path, settings: &Settings) -> Result<Stat
                 }
                 file.write_sealed_index(&scan.index)?;
                 let rebuilt = Arc::new(SegmentFile::open(dir, base, false)?);
-                sealed.push_back(Sealed { file: rebuilt, next_offset, size, max_ts: scan.max_ts.unwrap_or(i64::MIN) });
+                sealed.push_back(Sealed {
+                    file: rebuilt,
+                    next_offset,
+                    size,
+                    max_ts: scan.max_ts.unwrap_or(i64::MIN),
+                });
                 continue;
             }
         };
-        sealed.push_back(Sealed { file, next_offset, size, max_ts });
+        sealed.push_back(Sealed {
+            file,
+            next_offset,
+            size,
+            max_ts,
+        });
     }
     let file = Arc::new(SegmentFile::open(dir, active_base, false)?);
     for stale in [file.index_path(), file.timeindex_path()] {
@@ -563,7 +719,9 @@ fn recover(topic: &str, id: u32, dir: &Path, settings: &Settings) -> Result<Stat
     if scan.valid_len < len {
         tracing::warn!(topic, partition = id, segment = %file.path.display(), kept_bytes = scan.valid_len,
             dropped_bytes = len - scan.valid_len, reason = ?scan.stopped, "truncating unacknowledged tail");
-        file.file.set_len(scan.valid_len).map_err(|e| file.io("truncating", e))?;
+        file.file
+            .set_len(scan.valid_len)
+            .map_err(|e| file.io("truncating", e))?;
         file.file.sync_all().map_err(|e| file.io("syncing", e))?;
     }
     if let Some(prev) = sealed.back()
@@ -599,8 +757,12 @@ fn last_index_pos(idx: &IndexBuf) -> u64 {
 /// What the writer has written but not yet published, for the current group.
 struct Pending {
     buf: Vec<u8>,
-    replies: Vec<(oneshot::Sender<Result<AppendOutcome, StoreError>>, AppendOutcome)>,
+    replies: Vec<(
+        oneshot::Sender<Result<AppendOutcome, StoreError>>,
+        AppendOutcome,
+    )>,
     next_offset: u64,
+    segment_base: u64,
     len: u64,
     first_ts: Option<i64>,
     max_ts: Option<i64>,
@@ -637,44 +799,74 @@ fn process(shared: &Shared, cmds: Vec<Cmd>, buf: &mut Vec<u8>) {
             Cmd::Append { records, reply } => {
                 let now = shared.clock.now_ms();
                 let s = &shared.settings;
-                let estimate: u64 = records.iter().map(|r| r.approx_size() as u64).sum();
-                let cur_len = pending.len + pending.buf.len() as u64;
-                let too_big = cur_len > 0 && cur_len + estimate > s.segment_max_bytes;
-                let too_old = pending.first_ts.is_some_and(|f| now.saturating_sub(f) >= s.segment_max_age_ms);
-                let too_many = pending.next_offset - shared.read_state().active.file.base > u64::from(u32::MAX / 2);
-                if too_big || too_old || too_many {
-                    pending = flush_and_roll(shared, pending);
-                }
-                let position = pending.len + pending.buf.len() as u64;
                 let start = pending.buf.len();
                 let h = batch::encode_batch(pending.next_offset, &records, now, &mut pending.buf);
                 if h.total_len > s.max_batch_bytes {
                     pending.buf.truncate(start);
-                    let _ = reply.send(Err(StoreError::BatchTooLarge { size: h.total_len, max: s.max_batch_bytes }));
+                    let _ = reply.send(Err(StoreError::BatchTooLarge {
+                        size: h.total_len,
+                        max: s.max_batch_bytes,
+                    }));
                     continue;
                 }
-                let max_ts = pending.max_ts.map_or(h.max_timestamp, |m| m.max(h.max_timestamp));
+                // Encoded batches do not depend on their position, so one that must go to a new segment is
+                // moved there as it is.
+                let cur_len = pending.len + start as u64;
+                let too_big = cur_len > 0 && cur_len + h.total_len as u64 > s.segment_max_bytes;
+                let too_old = pending
+                    .first_ts
+                    .is_some_and(|f| now.saturating_sub(f) >= s.segment_max_age_ms);
+                let too_many = pending.next_offset - pending.segment_base > u64::from(u32::MAX / 2);
+                if too_big || too_old || too_many {
+                    let encoded = pending.buf.split_off(start);
+                    pending = flush_and_roll(shared, pending);
+                    if let Some(reason) = shared.read_state().failed.clone() {
+                        fail_cmd(Cmd::Append { records, reply }, &reason);
+                        continue;
+                    }
+                    pending.buf.extend_from_slice(&encoded);
+                }
+                let position = pending.len + (pending.buf.len() - h.total_len) as u64;
+                let max_ts = pending
+                    .max_ts
+                    .map_or(h.max_timestamp, |m| m.max(h.max_timestamp));
                 if pending.since_index >= u64::from(s.index_interval) {
-                    let base = shared.read_state().active.file.base;
-                    pending.index_adds.push(((h.base_offset - base) as u32, position as u32, max_ts));
+                    pending.index_adds.push((
+                        (h.base_offset - pending.segment_base) as u32,
+                        position as u32,
+                        max_ts,
+                    ));
                     pending.since_index = 0;
                 }
                 pending.since_index += h.total_len as u64;
                 pending.first_ts.get_or_insert(h.base_timestamp);
                 pending.max_ts = Some(max_ts);
                 pending.next_offset = h.next_offset();
-                pending
-                    .replies
-                    .push((reply, AppendOutcome { base_offset: h.base_offset, last_offset: h.last_offset() }));
+                pending.replies.push((
+                    reply,
+                    AppendOutcome {
+                        base_offset: h.base_offset,
+                        last_offset: h.last_offset(),
+                    },
+                ));
             }
-            Cmd::Roll { expire_before, reply } => {
+            Cmd::Roll {
+                expire_before,
+                reply,
+            } => {
                 let now = shared.clock.now_ms();
                 pending = flush(shared, pending);
                 let expired = expire_before.is_some_and(|e| pending.max_ts.is_some_and(|m| m < e));
-                let aged = pending.first_ts.is_some_and(|f| now.saturating_sub(f) >= shared.settings.segment_max_age_ms);
+                let aged = pending
+                    .first_ts
+                    .is_some_and(|f| now.saturating_sub(f) >= shared.settings.segment_max_age_ms);
                 let result = if pending.len > 0 && (expired || aged) {
                     pending = flush_and_roll(shared, pending);
-                    shared.read_state().failed.clone().map_or(Ok(()), |r| Err(StoreError::Backend(r)))
+                    shared
+                        .read_state()
+                        .failed
+                        .clone()
+                        .map_or(Ok(()), |r| Err(StoreError::Backend(r)))
                 } else {
                     Ok(())
                 };
@@ -692,6 +884,7 @@ fn start_pending(shared: &Shared, buf: Vec<u8>) -> Pending {
         buf,
         replies: Vec::new(),
         next_offset: a.next_offset,
+        segment_base: a.file.base,
         len: a.len,
         first_ts: a.first_ts,
         max_ts: a.max_ts,
@@ -714,10 +907,13 @@ fn flush(shared: &Shared, mut p: Pending) -> Pending {
         return p;
     }
     let file = shared.read_state().active.file.clone();
-    let written = file.file.write_all_at(&p.buf, p.len).and_then(|()| match shared.settings.durability {
-        Durability::FsyncBeforeAck => file.file.sync_data(),
-        Durability::Relaxed { .. } => Ok(()),
-    });
+    let written =
+        file.file
+            .write_all_at(&p.buf, p.len)
+            .and_then(|()| match shared.settings.durability {
+                Durability::FsyncBeforeAck => file.file.sync_data(),
+                Durability::Relaxed { .. } => Ok(()),
+            });
     if let Err(e) = written {
         tracing::error!(topic = %shared.topic, partition = shared.id, error = %e,
             "write or fsync failed; the partition refuses appends until restart");
@@ -726,7 +922,10 @@ fn flush(shared: &Shared, mut p: Pending) -> Pending {
         let reason = format!("{e}");
         shared.write_state().failed = Some(reason.clone());
         for (reply, _) in p.replies.drain(..) {
-            let _ = reply.send(Err(StoreError::io(format!("appending to {}", file.path.display()), std::io::Error::new(e.kind(), reason.clone()))));
+            let _ = reply.send(Err(StoreError::io(
+                format!("appending to {}", file.path.display()),
+                std::io::Error::new(e.kind(), reason.clone()),
+            )));
         }
         p.buf.clear();
         p.index_adds.clear();
@@ -771,7 +970,13 @@ fn roll(shared: &Shared) -> Result<(), StoreError> {
     let (old, index, next_offset, len, max_ts) = {
         let st = shared.read_state();
         let a = &st.active;
-        (a.file.clone(), a.index.clone(), a.next_offset, a.len, a.max_ts)
+        (
+            a.file.clone(),
+            a.index.clone(),
+            a.next_offset,
+            a.len,
+            a.max_ts,
+        )
     };
     // The sealed segment must be durable before anything depends on it being whole.
     old.file.sync_data().map_err(|e| old.io("syncing", e))?;
@@ -779,15 +984,30 @@ fn roll(shared: &Shared) -> Result<(), StoreError> {
     // A final time entry so the sealed segment's max timestamp is its time index's last entry.
     let last_rel = {
         let n = index.offsets.len() / index::OFFSET_ENTRY;
-        if n == 0 { 0 } else { u32::from_le_bytes(index.offsets[(n - 1) * 8..(n - 1) * 8 + 4].try_into().expect("4")) }
+        if n == 0 {
+            0
+        } else {
+            u32::from_le_bytes(
+                index.offsets[(n - 1) * 8..(n - 1) * 8 + 4]
+                    .try_into()
+                    .expect("4"),
+            )
+        }
     };
-    index.times.extend_from_slice(&max_ts.unwrap_or(i64::MIN).to_le_bytes());
+    index
+        .times
+        .extend_from_slice(&max_ts.unwrap_or(i64::MIN).to_le_bytes());
     index.times.extend_from_slice(&last_rel.to_le_bytes());
     old.write_sealed_index(&index)?;
     let new = Arc::new(SegmentFile::open(&shared.dir, next_offset, true)?);
     sync_dir(&shared.dir)?;
     let mut st = shared.write_state();
-    st.sealed.push_back(Sealed { file: old, next_offset, size: len, max_ts: max_ts.unwrap_or(i64::MIN) });
+    st.sealed.push_back(Sealed {
+        file: old,
+        next_offset,
+        size: len,
+        max_ts: max_ts.unwrap_or(i64::MIN),
+    });
     st.active = Active {
         file: new,
         next_offset,

@@ -13,7 +13,9 @@ struct Embedded {
 
 impl Embedded {
     fn new() -> Self {
-        Embedded { dir: tempfile::tempdir().expect("tempdir") }
+        Embedded {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
     fn config(&self) -> EmbeddedConfig {
         let mut c = EmbeddedConfig::new(self.dir.path());
