@@ -56,18 +56,10 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T, FrameError> {
 
 /// Encodes `records` as one batch starting at `base_offset`, appending to `out`. Records without a timestamp
 /// get `now_ms`. Returns the header of the encoded batch.
-pub fn encode_batch(
-    base_offset: u64,
-    records: &[NewRecord],
-    now_ms: i64,
-    out: &mut Vec<u8>,
-) -> BatchHeader {
+pub fn encode_batch(base_offset: u64, records: &[NewRecord], now_ms: i64, out: &mut Vec<u8>) -> BatchHeader {
     assert!(!records.is_empty(), "a batch holds at least one record");
     let start = out.len();
-    let timestamps: Vec<i64> = records
-        .iter()
-        .map(|r| r.timestamp_ms.unwrap_or(now_ms))
-        .collect();
+    let timestamps: Vec<i64> = records.iter().map(|r| r.timestamp_ms.unwrap_or(now_ms)).collect();
     let base_ts = timestamps[0];
     let max_ts = timestamps.iter().copied().max().unwrap_or(base_ts);
     let last_delta = u32::try_from(records.len() - 1).expect("batch record count fits u32");
@@ -135,16 +127,11 @@ fn len_i32(n: usize) -> i32 {
 /// CRC. `Incomplete` when `buf` is shorter than the fixed header.
 pub fn peek_total_len(buf: &[u8]) -> Result<usize, FrameError> {
     if buf.len() < LOG_OVERHEAD {
-        return Err(FrameError::Incomplete {
-            needed: LOG_OVERHEAD,
-            have: buf.len(),
-        });
+        return Err(FrameError::Incomplete { needed: LOG_OVERHEAD, have: buf.len() });
     }
     let batch_length = i32::from_be_bytes(buf[8..12].try_into().expect("4 bytes"));
     if batch_length < (BATCH_HEADER_LEN - LOG_OVERHEAD) as i32 {
-        return invalid(format!(
-            "batch length {batch_length} is smaller than a batch header"
-        ));
+        return invalid(format!("batch length {batch_length} is smaller than a batch header"));
     }
     Ok(LOG_OVERHEAD + batch_length as usize)
 }
@@ -154,10 +141,7 @@ pub fn peek_total_len(buf: &[u8]) -> Result<usize, FrameError> {
 pub fn check_batch(buf: &[u8]) -> Result<BatchHeader, FrameError> {
     let total = peek_total_len(buf)?;
     if buf.len() < total {
-        return Err(FrameError::Incomplete {
-            needed: total,
-            have: buf.len(),
-        });
+        return Err(FrameError::Incomplete { needed: total, have: buf.len() });
     }
     let b = &buf[..total];
     // The leader epoch is outside the CRC; this engine always writes 0, so anything else is damage.
@@ -170,9 +154,7 @@ pub fn check_batch(buf: &[u8]) -> Result<BatchHeader, FrameError> {
     let stored_crc = u32::from_be_bytes(b[17..21].try_into().expect("4 bytes"));
     let crc = crc32c::crc32c(&b[CRC_START..]);
     if crc != stored_crc {
-        return invalid(format!(
-            "CRC32C mismatch: stored {stored_crc:#010x}, computed {crc:#010x}"
-        ));
+        return invalid(format!("CRC32C mismatch: stored {stored_crc:#010x}, computed {crc:#010x}"));
     }
     let base_offset = i64::from_be_bytes(b[0..8].try_into().expect("8 bytes"));
     let attributes = i16::from_be_bytes(b[21..23].try_into().expect("2 bytes"));
@@ -187,14 +169,9 @@ pub fn check_batch(buf: &[u8]) -> Result<BatchHeader, FrameError> {
         return invalid("compressed batches are not stored by this engine");
     }
     if count <= 0 || last_delta != count - 1 {
-        return invalid(format!(
-            "record count {count} does not match last offset delta {last_delta}"
-        ));
+        return invalid(format!("record count {count} does not match last offset delta {last_delta}"));
     }
-    if (base_offset as u64)
-        .checked_add(last_delta as u64 + 1)
-        .is_none()
-    {
+    if (base_offset as u64).checked_add(last_delta as u64 + 1).is_none() {
         return invalid("offsets overflow");
     }
     Ok(BatchHeader {
@@ -215,19 +192,13 @@ pub fn decode_records(
     from_offset: u64,
     out: &mut Vec<Record>,
 ) -> Result<(), FrameError> {
-    let mut cur = Cursor {
-        buf: batch,
-        pos: BATCH_HEADER_LEN,
-    };
+    let mut cur = Cursor { buf: batch, pos: BATCH_HEADER_LEN };
     for i in 0..header.record_count {
         let len = cur.varint()?;
         if len < 0 {
             return invalid(format!("record {i} has negative length"));
         }
-        let end = cur
-            .pos
-            .checked_add(len as usize)
-            .filter(|&e| e <= batch.len());
+        let end = cur.pos.checked_add(len as usize).filter(|&e| e <= batch.len());
         let Some(end) = end else {
             return invalid(format!("record {i} runs past the end of its batch"));
         };
@@ -241,9 +212,7 @@ pub fn decode_records(
         let value = cur.nullable_bytes()?.unwrap_or_default();
         let header_count = cur.varint()?;
         if header_count < 0 || header_count as usize > len as usize {
-            return invalid(format!(
-                "record {i} has an impossible header count {header_count}"
-            ));
+            return invalid(format!("record {i} has an impossible header count {header_count}"));
         }
         let mut headers = Vec::with_capacity(header_count as usize);
         for _ in 0..header_count {
@@ -290,10 +259,8 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     fn byte(&mut self) -> Result<u8, FrameError> {
-        let b = *self
-            .buf
-            .get(self.pos)
-            .ok_or_else(|| FrameError::Invalid("unexpected end of batch".into()))?;
+        let b =
+            *self.buf.get(self.pos).ok_or_else(|| FrameError::Invalid("unexpected end of batch".into()))?;
         self.pos += 1;
         Ok(b)
     }
@@ -325,10 +292,7 @@ impl Cursor<'_> {
         if len < 0 {
             return Ok(None);
         }
-        let end = self
-            .pos
-            .checked_add(len as usize)
-            .filter(|&e| e <= self.buf.len());
+        let end = self.pos.checked_add(len as usize).filter(|&e| e <= self.buf.len());
         let Some(end) = end else {
             return invalid("field runs past the end of its batch");
         };
@@ -363,22 +327,14 @@ mod tests {
         Bytes::copy_from_slice(buf)
     }
 
-    fn rec(
-        key: Option<&[u8]>,
-        value: &[u8],
-        ts: Option<i64>,
-        headers: &[(&str, &[u8])],
-    ) -> NewRecord {
+    fn rec(key: Option<&[u8]>, value: &[u8], ts: Option<i64>, headers: &[(&str, &[u8])]) -> NewRecord {
         NewRecord {
             timestamp_ms: ts,
             key: key.map(Bytes::copy_from_slice),
             value: Bytes::copy_from_slice(value),
             headers: headers
                 .iter()
-                .map(|(n, v)| Header {
-                    name: (*n).to_owned(),
-                    value: Bytes::copy_from_slice(v),
-                })
+                .map(|(n, v)| Header { name: (*n).to_owned(), value: Bytes::copy_from_slice(v) })
                 .collect(),
         }
     }
@@ -403,10 +359,7 @@ mod tests {
         ];
         let out = roundtrip(41, &records, 2_000);
         assert_eq!(out.len(), 3);
-        assert_eq!(
-            out.iter().map(|r| r.offset).collect::<Vec<_>>(),
-            vec![41, 42, 43]
-        );
+        assert_eq!(out.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![41, 42, 43]);
         assert_eq!(out[0].timestamp_ms, 1_000);
         assert_eq!(out[1].timestamp_ms, 2_000);
         assert_eq!(out[2].timestamp_ms, 500);
@@ -421,28 +374,16 @@ mod tests {
         let mut buf = Vec::new();
         encode_batch(7, &[rec(None, b"v", Some(5), &[])], 5, &mut buf);
         assert_eq!(i64::from_be_bytes(buf[0..8].try_into().unwrap()), 7);
-        assert_eq!(
-            i32::from_be_bytes(buf[8..12].try_into().unwrap()) as usize,
-            buf.len() - 12
-        );
+        assert_eq!(i32::from_be_bytes(buf[8..12].try_into().unwrap()) as usize, buf.len() - 12);
         assert_eq!(buf[16], 2, "magic");
-        assert_eq!(
-            i32::from_be_bytes(buf[57..61].try_into().unwrap()),
-            1,
-            "record count"
-        );
+        assert_eq!(i32::from_be_bytes(buf[57..61].try_into().unwrap()), 1, "record count");
     }
 
     #[test]
     fn flipped_byte_is_detected() {
         // Base offset (bytes 0..8) is outside the CRC; the log checks it against the offset sequence instead.
         let mut buf = Vec::new();
-        encode_batch(
-            0,
-            &[rec(Some(b"k"), b"hello world", None, &[])],
-            1,
-            &mut buf,
-        );
+        encode_batch(0, &[rec(Some(b"k"), b"hello world", None, &[])], 1, &mut buf);
         for i in 12..buf.len() {
             if (17..21).contains(&i) {
                 continue;
@@ -458,26 +399,18 @@ mod tests {
         let mut buf = Vec::new();
         encode_batch(0, &[rec(None, b"hello", None, &[])], 1, &mut buf);
         for cut in 0..buf.len() {
-            assert!(
-                matches!(check_batch(&buf[..cut]), Err(FrameError::Incomplete { .. })),
-                "cut {cut}"
-            );
+            assert!(matches!(check_batch(&buf[..cut]), Err(FrameError::Incomplete { .. })), "cut {cut}");
         }
     }
 
     #[test]
     fn decode_from_offset_skips_earlier_records() {
-        let records: Vec<_> = (0..5)
-            .map(|i| rec(None, format!("{i}").as_bytes(), None, &[]))
-            .collect();
+        let records: Vec<_> = (0..5).map(|i| rec(None, format!("{i}").as_bytes(), None, &[])).collect();
         let mut buf = Vec::new();
         let h = encode_batch(10, &records, 1, &mut buf);
         let mut out = Vec::new();
         decode_records(&to_bytes(&buf), &h, 13, &mut out).unwrap();
-        assert_eq!(
-            out.iter().map(|r| r.offset).collect::<Vec<_>>(),
-            vec![13, 14]
-        );
+        assert_eq!(out.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![13, 14]);
     }
 
     proptest! {

@@ -65,38 +65,22 @@ fn keyed(key: &str, value: &str, ts: i64) -> NewRecord {
         timestamp_ms: Some(ts),
         key: Some(Bytes::copy_from_slice(key.as_bytes())),
         value: Bytes::copy_from_slice(value.as_bytes()),
-        headers: vec![Header {
-            name: "content-type".into(),
-            value: Bytes::from_static(b"application/json"),
-        }],
+        headers: vec![Header { name: "content-type".into(), value: Bytes::from_static(b"application/json") }],
     }
 }
 
 async fn topic<S: LogStore>(store: &S, name: &str, partitions: u32) {
     store
-        .create_topic(
-            name,
-            TopicConfig {
-                partitions,
-                retention: Retention::DEFAULT,
-            },
-        )
+        .create_topic(name, TopicConfig { partitions, retention: Retention::DEFAULT })
         .await
         .expect("create topic");
 }
 
 async fn read_all<S: LogStore>(store: &S, topic: &str, partition: u32) -> Vec<crate::Record> {
     let mut out = Vec::new();
-    let mut offset = store
-        .offsets(topic, partition)
-        .await
-        .expect("offsets")
-        .earliest;
+    let mut offset = store.offsets(topic, partition).await.expect("offsets").earliest;
     loop {
-        let r = store
-            .read(topic, partition, offset, ReadLimits::default())
-            .await
-            .expect("read");
+        let r = store.read(topic, partition, offset, ReadLimits::default()).await.expect("read");
         if r.records.is_empty() {
             return out;
         }
@@ -109,13 +93,7 @@ pub async fn topics_are_created_listed_described_and_deleted<H: Harness>(h: &H) 
     let s = h.open().await;
     topic(&s, "esgf2.publications", 1).await;
     topic(&s, "a-first", 3).await;
-    let names: Vec<String> = s
-        .list_topics()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
+    let names: Vec<String> = s.list_topics().await.unwrap().into_iter().map(|t| t.name).collect();
     assert_eq!(names, vec!["a-first", "esgf2.publications"]);
     let t = s.describe_topic("a-first").await.unwrap();
     assert_eq!((t.partitions, t.retention), (3, Retention::DEFAULT));
@@ -123,23 +101,11 @@ pub async fn topics_are_created_listed_described_and_deleted<H: Harness>(h: &H) 
         s.create_topic("a-first", TopicConfig::default()).await,
         Err(StoreError::TopicExists(n)) if n == "a-first"
     ));
-    assert!(matches!(
-        s.describe_topic("nope").await,
-        Err(StoreError::TopicNotFound(_))
-    ));
+    assert!(matches!(s.describe_topic("nope").await, Err(StoreError::TopicNotFound(_))));
     s.delete_topic("a-first").await.unwrap();
-    assert!(matches!(
-        s.describe_topic("a-first").await,
-        Err(StoreError::TopicNotFound(_))
-    ));
-    assert!(matches!(
-        s.append("a-first", 0, vec![rec("x")]).await,
-        Err(StoreError::TopicNotFound(_))
-    ));
-    assert!(matches!(
-        s.delete_topic("a-first").await,
-        Err(StoreError::TopicNotFound(_))
-    ));
+    assert!(matches!(s.describe_topic("a-first").await, Err(StoreError::TopicNotFound(_))));
+    assert!(matches!(s.append("a-first", 0, vec![rec("x")]).await, Err(StoreError::TopicNotFound(_))));
+    assert!(matches!(s.delete_topic("a-first").await, Err(StoreError::TopicNotFound(_))));
     s.shutdown().await.unwrap();
 }
 
@@ -154,14 +120,8 @@ pub async fn invalid_topic_names_and_partition_counts_are_refused<H: Harness>(h:
             "{bad:?} accepted"
         );
     }
-    let zero = TopicConfig {
-        partitions: 0,
-        ..TopicConfig::default()
-    };
-    assert!(matches!(
-        s.create_topic("ok", zero).await,
-        Err(StoreError::InvalidArgument(_))
-    ));
+    let zero = TopicConfig { partitions: 0, ..TopicConfig::default() };
+    assert!(matches!(s.create_topic("ok", zero).await, Err(StoreError::InvalidArgument(_))));
     assert!(s.list_topics().await.unwrap().is_empty());
     s.shutdown().await.unwrap();
 }
@@ -169,18 +129,13 @@ pub async fn invalid_topic_names_and_partition_counts_are_refused<H: Harness>(h:
 pub async fn appends_get_dense_offsets_and_read_back_identical<H: Harness>(h: &H) {
     let s = h.open().await;
     topic(&s, "t", 1).await;
-    let a = s
-        .append("t", 0, vec![keyed("k0", "{\"n\":0}", 1_000)])
-        .await
-        .unwrap();
+    let a = s.append("t", 0, vec![keyed("k0", "{\"n\":0}", 1_000)]).await.unwrap();
     assert_eq!((a.base_offset, a.last_offset), (0, 0));
     let b = s
         .append(
             "t",
             0,
-            (1..=3)
-                .map(|i| keyed(&format!("k{i}"), &format!("{{\"n\":{i}}}"), 1_000 + i))
-                .collect(),
+            (1..=3).map(|i| keyed(&format!("k{i}"), &format!("{{\"n\":{i}}}"), 1_000 + i)).collect(),
         )
         .await
         .unwrap();
@@ -188,10 +143,7 @@ pub async fn appends_get_dense_offsets_and_read_back_identical<H: Harness>(h: &H
     let c = s.append("t", 0, vec![rec("{}")]).await.unwrap();
     assert_eq!(c.base_offset, 4);
     let all = read_all(&s, "t", 0).await;
-    assert_eq!(
-        all.iter().map(|r| r.offset).collect::<Vec<_>>(),
-        vec![0, 1, 2, 3, 4]
-    );
+    assert_eq!(all.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
     for (i, r) in all.iter().take(4).enumerate() {
         assert_eq!(r.value, Bytes::from(format!("{{\"n\":{i}}}")));
         assert_eq!(r.key, Some(Bytes::from(format!("k{i}"))));
@@ -200,10 +152,7 @@ pub async fn appends_get_dense_offsets_and_read_back_identical<H: Harness>(h: &H
         assert_eq!(&r.headers[0].value[..], b"application/json");
     }
     assert_eq!(all[4].key, None);
-    assert!(
-        all[4].timestamp_ms > 0,
-        "an unstamped record gets the append time"
-    );
+    assert!(all[4].timestamp_ms > 0, "an unstamped record gets the append time");
     let o = s.offsets("t", 0).await.unwrap();
     assert_eq!((o.earliest, o.latest), (0, 5));
     s.shutdown().await.unwrap();
@@ -212,10 +161,7 @@ pub async fn appends_get_dense_offsets_and_read_back_identical<H: Harness>(h: &H
 pub async fn empty_batch_is_refused<H: Harness>(h: &H) {
     let s = h.open().await;
     topic(&s, "t", 1).await;
-    assert!(matches!(
-        s.append("t", 0, vec![]).await,
-        Err(StoreError::InvalidArgument(_))
-    ));
+    assert!(matches!(s.append("t", 0, vec![]).await, Err(StoreError::InvalidArgument(_))));
     assert_eq!(s.offsets("t", 0).await.unwrap().latest, 0);
     s.shutdown().await.unwrap();
 }
@@ -230,9 +176,7 @@ pub async fn concurrent_appends_get_unique_dense_offsets<H: Harness>(h: &H) {
             let mut acked = Vec::new();
             for i in 0..25 {
                 let n = 1 + (i % 3);
-                let batch: Vec<_> = (0..n)
-                    .map(|j| rec(&format!("{producer}-{i}-{j}")))
-                    .collect();
+                let batch: Vec<_> = (0..n).map(|j| rec(&format!("{producer}-{i}-{j}"))).collect();
                 let out = s.append("t", 0, batch).await.unwrap();
                 assert_eq!(out.last_offset - out.base_offset + 1, n as u64);
                 for j in 0..n {
@@ -262,62 +206,16 @@ pub async fn read_limits_bound_records_and_bytes<H: Harness>(h: &H) {
     let s = h.open().await;
     topic(&s, "t", 1).await;
     for i in 0..10 {
-        s.append("t", 0, vec![rec(&format!("{i:0>100}"))])
-            .await
-            .unwrap();
+        s.append("t", 0, vec![rec(&format!("{i:0>100}"))]).await.unwrap();
     }
-    let r = s
-        .read(
-            "t",
-            0,
-            2,
-            ReadLimits {
-                max_records: 3,
-                max_bytes: 1 << 20,
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        r.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
-        vec![2, 3, 4]
-    );
+    let r = s.read("t", 0, 2, ReadLimits { max_records: 3, max_bytes: 1 << 20 }).await.unwrap();
+    assert_eq!(r.records.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![2, 3, 4]);
     assert_eq!(r.next_offset, 5);
-    let r = s
-        .read(
-            "t",
-            0,
-            0,
-            ReadLimits {
-                max_records: 100,
-                max_bytes: 1,
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        r.records.len(),
-        1,
-        "at least one record even when it exceeds max_bytes"
-    );
+    let r = s.read("t", 0, 0, ReadLimits { max_records: 100, max_bytes: 1 }).await.unwrap();
+    assert_eq!(r.records.len(), 1, "at least one record even when it exceeds max_bytes");
     assert_eq!(r.next_offset, 1);
-    let r = s
-        .read(
-            "t",
-            0,
-            0,
-            ReadLimits {
-                max_records: 100,
-                max_bytes: 450,
-            },
-        )
-        .await
-        .unwrap();
-    assert!(
-        (1..10).contains(&r.records.len()),
-        "byte limit stops the read early: {}",
-        r.records.len()
-    );
+    let r = s.read("t", 0, 0, ReadLimits { max_records: 100, max_bytes: 450 }).await.unwrap();
+    assert!((1..10).contains(&r.records.len()), "byte limit stops the read early: {}", r.records.len());
     s.shutdown().await.unwrap();
 }
 
@@ -329,12 +227,7 @@ pub async fn read_outside_retained_range_is_out_of_range<H: Harness>(h: &H) {
     assert!(r.records.is_empty());
     assert_eq!((r.next_offset, r.earliest, r.latest), (2, 0, 2));
     match s.read("t", 0, 3, ReadLimits::default()).await {
-        Err(StoreError::OffsetOutOfRange {
-            requested,
-            earliest,
-            latest,
-            ..
-        }) => {
+        Err(StoreError::OffsetOutOfRange { requested, earliest, latest, .. }) => {
             assert_eq!((requested, earliest, latest), (3, 0, 2));
         }
         other => panic!("expected out of range, got {other:?}"),
@@ -347,10 +240,7 @@ pub async fn partitions_are_independent<H: Harness>(h: &H) {
     topic(&s, "t", 3).await;
     for p in 0..3u32 {
         for i in 0..=p {
-            let out = s
-                .append("t", p, vec![rec(&format!("p{p}-{i}"))])
-                .await
-                .unwrap();
+            let out = s.append("t", p, vec![rec(&format!("p{p}-{i}"))]).await.unwrap();
             assert_eq!(out.base_offset, u64::from(i));
         }
     }
@@ -361,11 +251,7 @@ pub async fn partitions_are_independent<H: Harness>(h: &H) {
     }
     assert!(matches!(
         s.append("t", 3, vec![rec("x")]).await,
-        Err(StoreError::PartitionNotFound {
-            partition: 3,
-            partitions: 3,
-            ..
-        })
+        Err(StoreError::PartitionNotFound { partition: 3, partitions: 3, .. })
     ));
     assert!(matches!(
         s.read("t", 7, 0, ReadLimits::default()).await,
@@ -378,30 +264,15 @@ pub async fn offset_for_timestamp_finds_first_record_at_or_after<H: Harness>(h: 
     let s = h.open().await;
     topic(&s, "t", 1).await;
     // Mostly increasing, with some records stamped in the past (producer clocks differ).
-    let stamps: Vec<i64> = (0..300)
-        .map(|i| 10_000 + i * 10 - if i % 7 == 3 { 45 } else { 0 })
-        .collect();
+    let stamps: Vec<i64> = (0..300).map(|i| 10_000 + i * 10 - if i % 7 == 3 { 45 } else { 0 }).collect();
     for chunk in stamps.chunks(4) {
-        s.append(
-            "t",
-            0,
-            chunk
-                .iter()
-                .map(|&ts| keyed("k", &format!("{ts:0>200}"), ts))
-                .collect(),
-        )
-        .await
-        .unwrap();
+        s.append("t", 0, chunk.iter().map(|&ts| keyed("k", &format!("{ts:0>200}"), ts)).collect())
+            .await
+            .unwrap();
     }
-    for target in [
-        0, 9_999, 10_000, 10_001, 10_025, 10_600, 12_990, 12_991, 13_000, 99_999,
-    ] {
+    for target in [0, 9_999, 10_000, 10_001, 10_025, 10_600, 12_990, 12_991, 13_000, 99_999] {
         let expected = stamps.iter().position(|&ts| ts >= target).map(|p| p as u64);
-        assert_eq!(
-            s.offset_for_timestamp("t", 0, target).await.unwrap(),
-            expected,
-            "target {target}"
-        );
+        assert_eq!(s.offset_for_timestamp("t", 0, target).await.unwrap(), expected, "target {target}");
     }
     s.shutdown().await.unwrap();
 }
@@ -409,28 +280,15 @@ pub async fn offset_for_timestamp_finds_first_record_at_or_after<H: Harness>(h: 
 pub async fn wait_for_wakes_on_append_and_times_out<H: Harness>(h: &H) {
     let s = Arc::new(h.open().await);
     topic(&*s, "t", 1).await;
-    assert!(
-        !s.wait_for("t", 0, 0, Duration::from_millis(50))
-            .await
-            .unwrap()
-    );
+    assert!(!s.wait_for("t", 0, 0, Duration::from_millis(50)).await.unwrap());
     let waiter = {
         let s = s.clone();
-        tokio::spawn(async move {
-            s.wait_for("t", 0, 0, Duration::from_secs(30))
-                .await
-                .unwrap()
-        })
+        tokio::spawn(async move { s.wait_for("t", 0, 0, Duration::from_secs(30)).await.unwrap() })
     };
     tokio::task::yield_now().await;
     s.append("t", 0, vec![rec("x")]).await.unwrap();
     assert!(waiter.await.unwrap());
-    assert!(
-        s.wait_for("t", 0, 0, Duration::from_millis(1))
-            .await
-            .unwrap(),
-        "already there"
-    );
+    assert!(s.wait_for("t", 0, 0, Duration::from_millis(1)).await.unwrap(), "already there");
     s.shutdown().await.unwrap();
 }
 
@@ -438,17 +296,9 @@ pub async fn data_and_offsets_survive_reopen<H: Harness>(h: &H) {
     let s = h.open().await;
     topic(&s, "t", 2).await;
     for i in 0..50 {
-        s.append(
-            "t",
-            i % 2,
-            vec![keyed(
-                &format!("k{i}"),
-                &format!("v{i}"),
-                1_000 + i64::from(i),
-            )],
-        )
-        .await
-        .unwrap();
+        s.append("t", i % 2, vec![keyed(&format!("k{i}"), &format!("v{i}"), 1_000 + i64::from(i))])
+            .await
+            .unwrap();
     }
     let before = (read_all(&s, "t", 0).await, read_all(&s, "t", 1).await);
     let s = h.reopen(s).await;
@@ -463,17 +313,11 @@ pub async fn data_and_offsets_survive_reopen<H: Harness>(h: &H) {
 pub async fn retention_setting_survives_reopen<H: Harness>(h: &H) {
     let s = h.open().await;
     topic(&s, "t", 1).await;
-    let r = Retention {
-        max_age: Some(Duration::from_secs(3600)),
-        max_bytes: Some(1 << 30),
-    };
+    let r = Retention { max_age: Some(Duration::from_secs(3600)), max_bytes: Some(1 << 30) };
     assert_eq!(s.set_retention("t", r).await.unwrap().retention, r);
     let s = h.reopen(s).await;
     assert_eq!(s.describe_topic("t").await.unwrap().retention, r);
-    let forever = Retention {
-        max_age: None,
-        max_bytes: None,
-    };
+    let forever = Retention { max_age: None, max_bytes: None };
     s.set_retention("t", forever).await.unwrap();
     let s = h.reopen(s).await;
     assert_eq!(s.describe_topic("t").await.unwrap().retention, forever);
@@ -483,12 +327,8 @@ pub async fn retention_setting_survives_reopen<H: Harness>(h: &H) {
 pub async fn large_records_roundtrip<H: Harness>(h: &H) {
     let s = h.open().await;
     topic(&s, "t", 1).await;
-    let big: String = (0..(1 << 20))
-        .map(|i| char::from(b'a' + (i % 26) as u8))
-        .collect();
-    s.append("t", 0, vec![rec(&big), rec("small")])
-        .await
-        .unwrap();
+    let big: String = (0..(1 << 20)).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    s.append("t", 0, vec![rec(&big), rec("small")]).await.unwrap();
     let all = read_all(&s, "t", 0).await;
     assert_eq!(all[0].value.len(), 1 << 20);
     assert_eq!(all[0].value, Bytes::from(big));
@@ -502,15 +342,7 @@ pub async fn reads_from_any_offset_across_many_batches<H: Harness>(h: &H) {
     let mut n = 0u64;
     for i in 0..400u64 {
         let size = 1 + (i % 5) as usize;
-        s.append(
-            "t",
-            0,
-            (0..size)
-                .map(|j| rec(&format!("{:0>300}", n + j as u64)))
-                .collect(),
-        )
-        .await
-        .unwrap();
+        s.append("t", 0, (0..size).map(|j| rec(&format!("{:0>300}", n + j as u64))).collect()).await.unwrap();
         n += size as u64;
     }
     let mut rng = 0x2545_f491_4f6c_dd1du64;
@@ -519,18 +351,7 @@ pub async fn reads_from_any_offset_across_many_batches<H: Harness>(h: &H) {
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let from = rng % n;
-        let r = s
-            .read(
-                "t",
-                0,
-                from,
-                ReadLimits {
-                    max_records: 7,
-                    max_bytes: 1 << 20,
-                },
-            )
-            .await
-            .unwrap();
+        let r = s.read("t", 0, from, ReadLimits { max_records: 7, max_bytes: 1 << 20 }).await.unwrap();
         assert_eq!(r.records[0].offset, from);
         for (k, rec) in r.records.iter().enumerate() {
             assert_eq!(rec.offset, from + k as u64);

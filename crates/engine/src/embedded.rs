@@ -104,12 +104,7 @@ impl EmbeddedStore {
             ));
         }
         let root = config.data_dir.clone();
-        for d in [
-            root.clone(),
-            root.join("topics"),
-            root.join("staging"),
-            root.join("trash"),
-        ] {
+        for d in [root.clone(), root.join("topics"), root.join("staging"), root.join("trash")] {
             std::fs::create_dir_all(&d)
                 .map_err(|e| StoreError::io(format!("creating {}", d.display()), e))?;
         }
@@ -132,8 +127,7 @@ impl EmbeddedStore {
         let settings = Arc::new(Settings {
             durability: config.durability,
             segment_max_bytes: config.segment_max_bytes,
-            segment_max_age_ms: i64::try_from(config.segment_max_age.as_millis())
-                .unwrap_or(i64::MAX),
+            segment_max_age_ms: i64::try_from(config.segment_max_age.as_millis()).unwrap_or(i64::MAX),
             index_interval: config.index_interval_bytes.max(1),
             max_batch_bytes: config.max_batch_bytes,
             queue_depth: config.write_queue_depth,
@@ -149,25 +143,12 @@ impl EmbeddedStore {
             let info = read_meta(&dir, &name)?;
             let partitions = (0..info.partitions)
                 .map(|p| {
-                    Partition::open(
-                        &name,
-                        p,
-                        &dir.join(p.to_string()),
-                        settings.clone(),
-                        clock.clone(),
-                    )
-                    .map(Arc::new)
+                    Partition::open(&name, p, &dir.join(p.to_string()), settings.clone(), clock.clone())
+                        .map(Arc::new)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             tracing::info!(topic = %name, partitions = info.partitions, "opened topic");
-            topics.insert(
-                name,
-                Arc::new(Topic {
-                    info: RwLock::new(info),
-                    dir,
-                    partitions,
-                }),
-            );
+            topics.insert(name, Arc::new(Topic { info: RwLock::new(info), dir, partitions }));
         }
         let inner = Arc::new(Inner {
             root,
@@ -180,16 +161,11 @@ impl EmbeddedStore {
             lock: Mutex::new(Some(lock)),
         });
         if let Durability::Relaxed { interval } = config.durability {
-            tracing::warn!(
-                ?interval,
-                "RELAXED durability: appends are acknowledged before they are fsync'd"
-            );
+            tracing::warn!(?interval, "RELAXED durability: appends are acknowledged before they are fsync'd");
             let (stop, stopped) = std::sync::mpsc::channel::<()>();
             let weak = Arc::downgrade(&inner);
             let handle = std::thread::spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(interval)
-                {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                     let Some(inner) = weak.upgrade() else { return };
                     for p in inner.all_partitions() {
                         if let Err(e) = p.sync() {
@@ -198,10 +174,7 @@ impl EmbeddedStore {
                     }
                 }
             });
-            *inner
-                .flusher
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((stop, handle));
+            *inner.flusher.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((stop, handle));
         }
         Ok(EmbeddedStore { inner })
     }
@@ -224,47 +197,29 @@ impl Inner {
 
     fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, StoreError> {
         let t = self.topic(topic)?;
-        t.partitions
-            .get(partition as usize)
-            .cloned()
-            .ok_or_else(|| StoreError::PartitionNotFound {
-                topic: topic.to_owned(),
-                partition,
-                partitions: t.partitions.len() as u32,
-            })
+        t.partitions.get(partition as usize).cloned().ok_or_else(|| StoreError::PartitionNotFound {
+            topic: topic.to_owned(),
+            partition,
+            partitions: t.partitions.len() as u32,
+        })
     }
 
     fn all_topics(&self) -> Vec<Arc<Topic>> {
-        self.topics
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
+        self.topics.read().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect()
     }
 
     fn all_partitions(&self) -> Vec<Arc<Partition>> {
-        self.all_topics()
-            .iter()
-            .flat_map(|t| t.partitions.iter().cloned())
-            .collect()
+        self.all_topics().iter().flat_map(|t| t.partitions.iter().cloned()).collect()
     }
 
     fn check_open(&self) -> Result<(), StoreError> {
-        if self.shutting_down.load(Ordering::SeqCst) {
-            Err(StoreError::ShuttingDown)
-        } else {
-            Ok(())
-        }
+        if self.shutting_down.load(Ordering::SeqCst) { Err(StoreError::ShuttingDown) } else { Ok(()) }
     }
 }
 
 impl Topic {
     fn info(&self) -> TopicInfo {
-        self.info
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.info.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 }
 
@@ -273,9 +228,7 @@ impl LogStore for EmbeddedStore {
     async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo, StoreError> {
         validate_topic_name(name)?;
         if config.partitions == 0 || config.partitions > MAX_PARTITIONS {
-            return Err(StoreError::InvalidArgument(format!(
-                "partitions must be 1..={MAX_PARTITIONS}"
-            )));
+            return Err(StoreError::InvalidArgument(format!("partitions must be 1..={MAX_PARTITIONS}")));
         }
         self.inner.check_open()?;
         let _guard = self.inner.admin.lock().await;
@@ -319,11 +272,7 @@ impl LogStore for EmbeddedStore {
                     .map(Arc::new)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(Topic {
-                info: RwLock::new(info2),
-                dir,
-                partitions,
-            })
+            Ok(Topic { info: RwLock::new(info2), dir, partitions })
         })
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))??;
@@ -352,12 +301,9 @@ impl LogStore for EmbeddedStore {
         let dir = topic.dir.clone();
         let name = name.to_owned();
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-            let stamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            let trashed = root
-                .join("trash")
-                .join(format!("{name}.{}", stamp.as_nanos()));
+            let stamp =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let trashed = root.join("trash").join(format!("{name}.{}", stamp.as_nanos()));
             std::fs::rename(&dir, &trashed)
                 .map_err(|e| StoreError::io(format!("deleting topic {name}"), e))?;
             sync_dir(&root.join("topics"))?;
@@ -378,11 +324,7 @@ impl LogStore for EmbeddedStore {
         Ok(self.inner.topic(name)?.info())
     }
 
-    async fn set_retention(
-        &self,
-        name: &str,
-        retention: Retention,
-    ) -> Result<TopicInfo, StoreError> {
+    async fn set_retention(&self, name: &str, retention: Retention) -> Result<TopicInfo, StoreError> {
         let _guard = self.inner.admin.lock().await;
         let topic = self.inner.topic(name)?;
         let mut info = topic.info();
@@ -392,10 +334,7 @@ impl LogStore for EmbeddedStore {
         tokio::task::spawn_blocking(move || write_meta(&dir, &info2))
             .await
             .map_err(|e| StoreError::Backend(e.to_string()))??;
-        *topic
-            .info
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = info.clone();
+        *topic.info.write().unwrap_or_else(std::sync::PoisonError::into_inner) = info.clone();
         Ok(info)
     }
 
@@ -406,10 +345,7 @@ impl LogStore for EmbeddedStore {
         records: Vec<NewRecord>,
     ) -> Result<AppendOutcome, StoreError> {
         self.inner.check_open()?;
-        self.inner
-            .partition(topic, partition)?
-            .append(records)
-            .await
+        self.inner.partition(topic, partition)?.append(records).await
     }
 
     async fn read(
@@ -419,19 +355,12 @@ impl LogStore for EmbeddedStore {
         offset: u64,
         limits: ReadLimits,
     ) -> Result<ReadResult, StoreError> {
-        self.inner
-            .partition(topic, partition)?
-            .read(offset, limits)
-            .await
+        self.inner.partition(topic, partition)?.read(offset, limits).await
     }
 
     async fn offsets(&self, topic: &str, partition: u32) -> Result<PartitionOffsets, StoreError> {
         let (earliest, latest) = self.inner.partition(topic, partition)?.offsets();
-        Ok(PartitionOffsets {
-            partition,
-            earliest,
-            latest,
-        })
+        Ok(PartitionOffsets { partition, earliest, latest })
     }
 
     async fn offset_for_timestamp(
@@ -440,10 +369,7 @@ impl LogStore for EmbeddedStore {
         partition: u32,
         timestamp_ms: i64,
     ) -> Result<Option<u64>, StoreError> {
-        self.inner
-            .partition(topic, partition)?
-            .offset_for_timestamp(timestamp_ms)
-            .await
+        self.inner.partition(topic, partition)?.offset_for_timestamp(timestamp_ms).await
     }
 
     async fn wait_for(
@@ -481,23 +407,12 @@ impl LogStore for EmbeddedStore {
         for p in self.inner.all_partitions() {
             p.shutdown().await?;
         }
-        let flusher = self
-            .inner
-            .flusher
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        let flusher = self.inner.flusher.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         if let Some((stop, handle)) = flusher {
             drop(stop);
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
-        drop(
-            self.inner
-                .lock
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take(),
-        );
+        drop(self.inner.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
         tracing::info!(data_dir = %self.inner.root.display(), "log closed: all appends durable");
         Ok(())
     }
@@ -514,15 +429,11 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 fn clear_dir(dir: &Path) -> Result<(), StoreError> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
     for entry in entries.flatten() {
         let path = entry.path();
-        let r = if path.is_dir() {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        };
+        let r = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
         r.map_err(|e| StoreError::io(format!("removing {}", path.display()), e))?;
     }
     Ok(())
@@ -545,13 +456,11 @@ fn write_meta(dir: &Path, info: &TopicInfo) -> Result<(), StoreError> {
         info.created_ms,
     );
     let tmp = dir.join("topic.meta.tmp");
-    let mut f =
-        File::create(&tmp).map_err(|e| StoreError::io(format!("creating {}", tmp.display()), e))?;
+    let mut f = File::create(&tmp).map_err(|e| StoreError::io(format!("creating {}", tmp.display()), e))?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(|e| StoreError::io(format!("writing {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, dir.join(META_FILE))
-        .map_err(|e| StoreError::io("replacing topic.meta", e))?;
+    std::fs::rename(&tmp, dir.join(META_FILE)).map_err(|e| StoreError::io("replacing topic.meta", e))?;
     sync_dir(dir)
 }
 
@@ -559,52 +468,30 @@ fn read_meta(dir: &Path, name: &str) -> Result<TopicInfo, StoreError> {
     let path = dir.join(META_FILE);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
-    let bad = |detail: String| StoreError::Corrupt {
-        path: path.clone(),
-        position: 0,
-        detail,
-    };
+    let bad = |detail: String| StoreError::Corrupt { path: path.clone(), position: 0, detail };
     let mut fields = BTreeMap::new();
-    for line in text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        let (k, v) = line
-            .split_once('=')
-            .ok_or_else(|| bad(format!("line without '=': {line}")))?;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let (k, v) = line.split_once('=').ok_or_else(|| bad(format!("line without '=': {line}")))?;
         fields.insert(k.trim(), v.trim());
     }
-    let get = |k: &str| {
-        fields
-            .get(k)
-            .copied()
-            .ok_or_else(|| bad(format!("missing {k}")))
-    };
+    let get = |k: &str| fields.get(k).copied().ok_or_else(|| bad(format!("missing {k}")));
     if get("version")? != "1" {
         return Err(bad(format!("unsupported version {}", get("version")?)));
     }
     let opt = |k: &str| -> Result<Option<u64>, StoreError> {
         match get(k)? {
             "none" => Ok(None),
-            v => v
-                .parse()
-                .map(Some)
-                .map_err(|_| bad(format!("{k} is not a number: {v}"))),
+            v => v.parse().map(Some).map_err(|_| bad(format!("{k} is not a number: {v}"))),
         }
     };
     Ok(TopicInfo {
         name: name.to_owned(),
-        partitions: get("partitions")?
-            .parse()
-            .map_err(|_| bad("partitions is not a number".into()))?,
+        partitions: get("partitions")?.parse().map_err(|_| bad("partitions is not a number".into()))?,
         retention: Retention {
             max_age: opt("retention_ms")?.map(Duration::from_millis),
             max_bytes: opt("retention_bytes")?,
         },
-        created_ms: get("created_ms")?
-            .parse()
-            .map_err(|_| bad("created_ms is not a number".into()))?,
+        created_ms: get("created_ms")?.parse().map_err(|_| bad("created_ms is not a number".into()))?,
     })
 }
 
@@ -618,10 +505,7 @@ mod tests {
         let info = TopicInfo {
             name: "t".into(),
             partitions: 3,
-            retention: Retention {
-                max_age: None,
-                max_bytes: Some(10),
-            },
+            retention: Retention { max_age: None, max_bytes: Some(10) },
             created_ms: 42,
         };
         write_meta(dir.path(), &info).unwrap();

@@ -12,32 +12,18 @@ pub enum StoreError {
     #[error("invalid topic name '{name}': {reason}")]
     InvalidTopicName { name: String, reason: String },
     #[error("topic '{topic}' has no partition {partition} (it has {partitions})")]
-    PartitionNotFound {
-        topic: String,
-        partition: u32,
-        partitions: u32,
-    },
+    PartitionNotFound { topic: String, partition: u32, partitions: u32 },
     #[error(
         "offset {requested} is out of range for {topic}/{partition}: retained offsets are {earliest}..{latest} \
          (earliest inclusive, latest is the next offset to be written)"
     )]
-    OffsetOutOfRange {
-        topic: String,
-        partition: u32,
-        requested: u64,
-        earliest: u64,
-        latest: u64,
-    },
+    OffsetOutOfRange { topic: String, partition: u32, requested: u64, earliest: u64, latest: u64 },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("batch of {size} bytes exceeds the maximum of {max} bytes")]
     BatchTooLarge { size: usize, max: usize },
     #[error("corrupt data in {path} at byte {position}: {detail}")]
-    Corrupt {
-        path: PathBuf,
-        position: u64,
-        detail: String,
-    },
+    Corrupt { path: PathBuf, position: u64, detail: String },
     #[error("I/O error while {context}: {source}")]
     Io {
         context: String,
@@ -52,9 +38,6 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        StoreError::Io {
-            context: context.into(),
-            source,
-        }
+        StoreError::Io { context: context.into(), source }
     }
 }

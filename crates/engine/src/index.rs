@@ -68,18 +68,12 @@ impl IndexBuf {
 
 fn offset_entry(bytes: &[u8], i: usize) -> (u32, u32) {
     let e = &bytes[i * OFFSET_ENTRY..(i + 1) * OFFSET_ENTRY];
-    (
-        u32::from_le_bytes(e[0..4].try_into().expect("4")),
-        u32::from_le_bytes(e[4..8].try_into().expect("4")),
-    )
+    (u32::from_le_bytes(e[0..4].try_into().expect("4")), u32::from_le_bytes(e[4..8].try_into().expect("4")))
 }
 
 fn time_entry(bytes: &[u8], i: usize) -> (i64, u32) {
     let e = &bytes[i * TIME_ENTRY..(i + 1) * TIME_ENTRY];
-    (
-        i64::from_le_bytes(e[0..8].try_into().expect("8")),
-        u32::from_le_bytes(e[8..12].try_into().expect("4")),
-    )
+    (i64::from_le_bytes(e[0..8].try_into().expect("8")), u32::from_le_bytes(e[8..12].try_into().expect("4")))
 }
 
 /// Byte position of the batch holding `rel_offset`, or a batch before it: the entry with the largest relative
@@ -96,11 +90,7 @@ pub fn position_for_offset(offsets: &[u8], rel_offset: u32) -> u32 {
             hi = mid;
         }
     }
-    if lo == 0 {
-        0
-    } else {
-        offset_entry(offsets, lo - 1).1
-    }
+    if lo == 0 { 0 } else { offset_entry(offsets, lo - 1).1 }
 }
 
 /// Relative offset of a batch from which a scan for the first record with timestamp `>= ts` can start: the
@@ -116,11 +106,7 @@ pub fn start_for_timestamp(times: &[u8], ts: i64) -> u32 {
             hi = mid;
         }
     }
-    if lo == 0 {
-        0
-    } else {
-        time_entry(times, lo - 1).1
-    }
+    if lo == 0 { 0 } else { time_entry(times, lo - 1).1 }
 }
 
 /// The last time entry: a sealed segment's max timestamp.

@@ -26,23 +26,14 @@ pub struct NewRecord {
 impl NewRecord {
     /// A record with a value only: the log stamps it and it has no key or headers.
     pub fn from_value(value: impl Into<Bytes>) -> Self {
-        NewRecord {
-            timestamp_ms: None,
-            key: None,
-            value: value.into(),
-            headers: Vec::new(),
-        }
+        NewRecord { timestamp_ms: None, key: None, value: value.into(), headers: Vec::new() }
     }
 
     /// Bytes this record occupies in a batch, roughly: used for size limits, not for framing.
     pub fn approx_size(&self) -> usize {
         self.value.len()
             + self.key.as_ref().map_or(0, Bytes::len)
-            + self
-                .headers
-                .iter()
-                .map(|h| h.name.len() + h.value.len() + 4)
-                .sum::<usize>()
+            + self.headers.iter().map(|h| h.name.len() + h.value.len() + 4).sum::<usize>()
             + 24
     }
 }
@@ -68,10 +59,8 @@ pub struct Retention {
 
 impl Retention {
     /// The service default: 90 days, no size limit (the specification's suggested period).
-    pub const DEFAULT: Retention = Retention {
-        max_age: Some(Duration::from_secs(90 * 24 * 3600)),
-        max_bytes: None,
-    };
+    pub const DEFAULT: Retention =
+        Retention { max_age: Some(Duration::from_secs(90 * 24 * 3600)), max_bytes: None };
 }
 
 impl Default for Retention {
@@ -89,10 +78,7 @@ pub struct TopicConfig {
 
 impl Default for TopicConfig {
     fn default() -> Self {
-        TopicConfig {
-            partitions: 1,
-            retention: Retention::DEFAULT,
-        }
+        TopicConfig { partitions: 1, retention: Retention::DEFAULT }
     }
 }
 
@@ -133,10 +119,7 @@ pub struct ReadLimits {
 
 impl Default for ReadLimits {
     fn default() -> Self {
-        ReadLimits {
-            max_records: 500,
-            max_bytes: 4 << 20,
-        }
+        ReadLimits { max_records: 500, max_bytes: 4 << 20 }
     }
 }
 
@@ -159,22 +142,15 @@ pub struct RetentionReport {
 
 /// Kafka's topic-name rule, `[A-Za-z0-9._-]{1,249}`, minus `.` and `..` (they would name directories).
 pub fn validate_topic_name(name: &str) -> Result<(), StoreError> {
-    let invalid = |reason: &str| {
-        Err(StoreError::InvalidTopicName {
-            name: name.to_owned(),
-            reason: reason.to_owned(),
-        })
-    };
+    let invalid =
+        |reason: &str| Err(StoreError::InvalidTopicName { name: name.to_owned(), reason: reason.to_owned() });
     if name.is_empty() || name.len() > 249 {
         return invalid("a topic name is 1 to 249 characters long");
     }
     if name == "." || name == ".." {
         return invalid("'.' and '..' are not allowed as topic names");
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-    {
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
         return invalid("only ASCII letters, digits, '.', '_' and '-' are allowed");
     }
     Ok(())

@@ -20,8 +20,8 @@ use crate::batch::{self, BatchHeader, FrameError};
 use crate::index::{self, IndexBuf};
 use crate::segment::{self, SegmentFile};
 use crate::{
-    AppendOutcome, Clock, Durability, NewRecord, ReadLimits, ReadResult, Record, Retention,
-    RetentionReport, StoreError,
+    AppendOutcome, Clock, Durability, NewRecord, ReadLimits, ReadResult, Record, Retention, RetentionReport,
+    StoreError,
 };
 
 /// Engine settings a partition needs (derived once from the store's config).
@@ -130,18 +130,12 @@ impl Partition {
             .name(format!("log-writer-{topic}-{id}"))
             .spawn(move || writer_loop(&writer_shared, rx))
             .map_err(|e| StoreError::io("starting a partition writer", e))?;
-        Ok(Partition {
-            shared,
-            tx: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(handle)),
-        })
+        Ok(Partition { shared, tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(handle)) })
     }
 
     pub async fn append(&self, records: Vec<NewRecord>) -> Result<AppendOutcome, StoreError> {
         if records.is_empty() {
-            return Err(StoreError::InvalidArgument(
-                "a batch holds at least one record".into(),
-            ));
+            return Err(StoreError::InvalidArgument("a batch holds at least one record".into()));
         }
         let approx: usize = records.iter().map(NewRecord::approx_size).sum();
         if approx > self.shared.settings.max_batch_bytes {
@@ -168,19 +162,12 @@ impl Partition {
         self.shared.visible.subscribe()
     }
 
-    pub async fn read(
-        self: &Arc<Self>,
-        offset: u64,
-        limits: ReadLimits,
-    ) -> Result<ReadResult, StoreError> {
+    pub async fn read(self: &Arc<Self>, offset: u64, limits: ReadLimits) -> Result<ReadResult, StoreError> {
         let this = self.clone();
         blocking(move || this.shared.read(offset, limits)).await
     }
 
-    pub async fn offset_for_timestamp(
-        self: &Arc<Self>,
-        ts: i64,
-    ) -> Result<Option<u64>, StoreError> {
+    pub async fn offset_for_timestamp(self: &Arc<Self>, ts: i64) -> Result<Option<u64>, StoreError> {
         let this = self.clone();
         blocking(move || this.shared.offset_for_timestamp(ts)).await
     }
@@ -195,23 +182,13 @@ impl Partition {
             .max_age
             .map(|age| now.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)));
         let (reply, rx) = oneshot::channel();
-        match self
-            .send(Cmd::Roll {
-                expire_before,
-                reply,
-            })
-            .await
-        {
+        match self.send(Cmd::Roll { expire_before, reply }).await {
             Ok(()) => rx.await.map_err(|_| StoreError::ShuttingDown)??,
             Err(StoreError::ShuttingDown) => return Ok(RetentionReport::default()),
             Err(e) => return Err(e),
         }
         let this = self.clone();
-        blocking(move || {
-            this.shared
-                .delete_expired(expire_before, retention.max_bytes)
-        })
-        .await
+        blocking(move || this.shared.delete_expired(expire_before, retention.max_bytes)).await
     }
 
     /// Stops the writer after the appends already queued, and makes everything durable.
@@ -220,9 +197,7 @@ impl Partition {
         let handle = lock(&self.writer).take();
         if let Some(handle) = handle {
             blocking(move || {
-                handle
-                    .join()
-                    .map_err(|_| StoreError::Backend("partition writer panicked".into()))
+                handle.join().map_err(|_| StoreError::Backend("partition writer panicked".into()))
             })
             .await?;
         }
@@ -264,23 +239,16 @@ async fn blocking<T: Send + 'static>(
 
 impl Shared {
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
-        self.state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write_state(&self) -> RwLockWriteGuard<'_, State> {
-        self.state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn bounds(&self) -> (u64, u64) {
         let st = self.read_state();
-        let earliest = st
-            .sealed
-            .front()
-            .map_or(st.active.file.base, |s| s.file.base);
+        let earliest = st.sealed.front().map_or(st.active.file.base, |s| s.file.base);
         (earliest, st.active.next_offset)
     }
 
@@ -308,11 +276,7 @@ impl Shared {
             } else {
                 0
             };
-            return Ok(Some(SegView {
-                file: a.file.clone(),
-                start: u64::from(start),
-                end: a.len,
-            }));
+            return Ok(Some(SegView { file: a.file.clone(), start: u64::from(start), end: a.len }));
         }
         let i = st.sealed.partition_point(|s| s.file.base <= offset);
         if i == 0 {
@@ -326,9 +290,7 @@ impl Shared {
         drop(st);
         let start = if use_index {
             match file.sealed_index() {
-                Ok((offsets, _)) => {
-                    index::position_for_offset(offsets, (offset - file.base) as u32)
-                }
+                Ok((offsets, _)) => index::position_for_offset(offsets, (offset - file.base) as u32),
                 Err(e) => {
                     tracing::warn!(segment = %file.path.display(), error = %e, "index unavailable, scanning");
                     0
@@ -337,11 +299,7 @@ impl Shared {
         } else {
             0
         };
-        Ok(Some(SegView {
-            file,
-            start: u64::from(start),
-            end,
-        }))
+        Ok(Some(SegView { file, start: u64::from(start), end }))
     }
 
     fn read(&self, offset: u64, limits: ReadLimits) -> Result<ReadResult, StoreError> {
@@ -358,14 +316,8 @@ impl Shared {
                 break;
             };
             let before = cur;
-            match self.read_segment(
-                &view,
-                &mut cur,
-                max_records,
-                limits.max_bytes,
-                &mut records,
-                &mut bytes,
-            ) {
+            match self.read_segment(&view, &mut cur, max_records, limits.max_bytes, &mut records, &mut bytes)
+            {
                 Err(ReadError::IndexMismatch) => {
                     tracing::warn!(topic = %self.topic, partition = self.id, offset = cur, "index points past the offset, rescanning segment");
                     let Some(view) = self.segment_for(cur, false)? else {
@@ -392,12 +344,7 @@ impl Shared {
             let (e, l) = self.bounds();
             return Err(self.out_of_range(offset, e, l));
         }
-        Ok(ReadResult {
-            records,
-            next_offset: cur,
-            earliest,
-            latest: latest.max(cur),
-        })
+        Ok(ReadResult { records, next_offset: cur, earliest, latest: latest.max(cur) })
     }
 
     fn read_segment(
@@ -420,10 +367,7 @@ impl Shared {
                 return Ok(ControlFlow::Continue(()));
             }
             batch::decode_records(&batch, &h, *cur, out).map_err(|e| {
-                ReadError::Store(
-                    view.file
-                        .corrupt(0, format!("batch at offset {}: {e}", h.base_offset)),
-                )
+                ReadError::Store(view.file.corrupt(0, format!("batch at offset {}: {e}", h.base_offset)))
             })?;
             *bytes += h.total_len;
             *cur = h.next_offset();
@@ -432,11 +376,7 @@ impl Shared {
                 *cur = out.last().map_or(*cur, |r| r.offset + 1);
                 return Ok(ControlFlow::Break(()));
             }
-            Ok(if *bytes >= max_bytes {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            })
+            Ok(if *bytes >= max_bytes { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
         })
     }
 
@@ -447,60 +387,38 @@ impl Shared {
             let mut v = Vec::new();
             for s in &st.sealed {
                 if s.max_ts >= ts {
-                    v.push(SegView {
-                        file: s.file.clone(),
-                        start: u64::MAX,
-                        end: s.size,
-                    });
+                    v.push(SegView { file: s.file.clone(), start: u64::MAX, end: s.size });
                 }
             }
             let a = &st.active;
             if a.max_ts.is_some_and(|m| m >= ts) {
                 let rel = index::start_for_timestamp(&a.index.times, ts);
                 let start = index::position_for_offset(&a.index.offsets, rel);
-                v.push(SegView {
-                    file: a.file.clone(),
-                    start: u64::from(start),
-                    end: a.len,
-                });
+                v.push(SegView { file: a.file.clone(), start: u64::from(start), end: a.len });
             }
             v
         };
         for mut view in candidates {
             if view.start == u64::MAX {
                 view.start = match view.file.sealed_index() {
-                    Ok((offsets, times)) => u64::from(index::position_for_offset(
-                        offsets,
-                        index::start_for_timestamp(times, ts),
-                    )),
+                    Ok((offsets, times)) => {
+                        u64::from(index::position_for_offset(offsets, index::start_for_timestamp(times, ts)))
+                    }
                     Err(_) => 0,
                 };
             }
             let mut found = None;
-            for_each_batch(
-                &view.file,
-                view.start,
-                view.end,
-                MIN_READ_CHUNK,
-                |batch, h| {
-                    if h.max_timestamp < ts {
-                        return Ok(ControlFlow::Continue(()));
-                    }
-                    let mut recs = Vec::new();
-                    batch::decode_records(&batch, &h, 0, &mut recs).map_err(|e| {
-                        ReadError::Store(
-                            view.file
-                                .corrupt(0, format!("batch at offset {}: {e}", h.base_offset)),
-                        )
-                    })?;
-                    found = recs.iter().find(|r| r.timestamp_ms >= ts).map(|r| r.offset);
-                    Ok(if found.is_some() {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    })
-                },
-            )
+            for_each_batch(&view.file, view.start, view.end, MIN_READ_CHUNK, |batch, h| {
+                if h.max_timestamp < ts {
+                    return Ok(ControlFlow::Continue(()));
+                }
+                let mut recs = Vec::new();
+                batch::decode_records(&batch, &h, 0, &mut recs).map_err(|e| {
+                    ReadError::Store(view.file.corrupt(0, format!("batch at offset {}: {e}", h.base_offset)))
+                })?;
+                found = recs.iter().find(|r| r.timestamp_ms >= ts).map(|r| r.offset);
+                Ok(if found.is_some() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+            })
             .map_err(ReadError::into_store)?;
             if found.is_some() {
                 return Ok(found);
@@ -531,11 +449,7 @@ impl Shared {
         };
         let mut report = RetentionReport::default();
         for s in removed {
-            for path in [
-                s.file.path.clone(),
-                s.file.index_path(),
-                s.file.timeindex_path(),
-            ] {
+            for path in [s.file.path.clone(), s.file.index_path(), s.file.timeindex_path()] {
                 match std::fs::remove_file(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -642,8 +556,8 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 /// (they were fsync'd before sealing), the active segment is scanned and a torn or corrupt tail is cut off.
 fn recover(topic: &str, id: u32, dir: &Path, settings: &Settings) -> Result<State, StoreError> {
     let mut bases = Vec::new();
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
         let name = entry.file_name();
@@ -659,10 +573,8 @@ fn recover(topic: &str, id: u32, dir: &Path, settings: &Settings) -> Result<Stat
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             let path = entry.path();
-            if matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("index" | "timeindex")
-            ) && !path.with_extension("log").exists()
+            if matches!(path.extension().and_then(|e| e.to_str()), Some("index" | "timeindex"))
+                && !path.with_extension("log").exists()
             {
                 let _ = std::fs::remove_file(&path);
             }
@@ -679,11 +591,7 @@ fn recover(topic: &str, id: u32, dir: &Path, settings: &Settings) -> Result<Stat
         let file = Arc::new(SegmentFile::open(dir, base, false)?);
         let size = file.len()?;
         let next_offset = bases[i + 1];
-        let max_ts = match file
-            .sealed_index()
-            .ok()
-            .and_then(|(_, times)| index::last_time(times))
-        {
+        let max_ts = match file.sealed_index().ok().and_then(|(_, times)| index::last_time(times)) {
             Some(ts) => ts,
             None => {
                 tracing::warn!(topic, partition = id, segment = %file.path.display(), "rebuilding missing index");
@@ -703,12 +611,7 @@ fn recover(topic: &str, id: u32, dir: &Path, settings: &Settings) -> Result<Stat
                 continue;
             }
         };
-        sealed.push_back(Sealed {
-            file,
-            next_offset,
-            size,
-            max_ts,
-        });
+        sealed.push_back(Sealed { file, next_offset, size, max_ts });
     }
     let file = Arc::new(SegmentFile::open(dir, active_base, false)?);
     for stale in [file.index_path(), file.timeindex_path()] {
@@ -719,9 +622,7 @@ fn recover(topic: &str, id: u32, dir: &Path, settings: &Settings) -> Result<Stat
     if scan.valid_len < len {
         tracing::warn!(topic, partition = id, segment = %file.path.display(), kept_bytes = scan.valid_len,
             dropped_bytes = len - scan.valid_len, reason = ?scan.stopped, "truncating unacknowledged tail");
-        file.file
-            .set_len(scan.valid_len)
-            .map_err(|e| file.io("truncating", e))?;
+        file.file.set_len(scan.valid_len).map_err(|e| file.io("truncating", e))?;
         file.file.sync_all().map_err(|e| file.io("syncing", e))?;
     }
     if let Some(prev) = sealed.back()
@@ -757,10 +658,7 @@ fn last_index_pos(idx: &IndexBuf) -> u64 {
 /// What the writer has written but not yet published, for the current group.
 struct Pending {
     buf: Vec<u8>,
-    replies: Vec<(
-        oneshot::Sender<Result<AppendOutcome, StoreError>>,
-        AppendOutcome,
-    )>,
+    replies: Vec<(oneshot::Sender<Result<AppendOutcome, StoreError>>, AppendOutcome)>,
     next_offset: u64,
     segment_base: u64,
     len: u64,
@@ -803,19 +701,15 @@ fn process(shared: &Shared, cmds: Vec<Cmd>, buf: &mut Vec<u8>) {
                 let h = batch::encode_batch(pending.next_offset, &records, now, &mut pending.buf);
                 if h.total_len > s.max_batch_bytes {
                     pending.buf.truncate(start);
-                    let _ = reply.send(Err(StoreError::BatchTooLarge {
-                        size: h.total_len,
-                        max: s.max_batch_bytes,
-                    }));
+                    let _ = reply
+                        .send(Err(StoreError::BatchTooLarge { size: h.total_len, max: s.max_batch_bytes }));
                     continue;
                 }
                 // Encoded batches do not depend on their position, so one that must go to a new segment is
                 // moved there as it is.
                 let cur_len = pending.len + start as u64;
                 let too_big = cur_len > 0 && cur_len + h.total_len as u64 > s.segment_max_bytes;
-                let too_old = pending
-                    .first_ts
-                    .is_some_and(|f| now.saturating_sub(f) >= s.segment_max_age_ms);
+                let too_old = pending.first_ts.is_some_and(|f| now.saturating_sub(f) >= s.segment_max_age_ms);
                 let too_many = pending.next_offset - pending.segment_base > u64::from(u32::MAX / 2);
                 if too_big || too_old || too_many {
                     let encoded = pending.buf.split_off(start);
@@ -827,9 +721,7 @@ fn process(shared: &Shared, cmds: Vec<Cmd>, buf: &mut Vec<u8>) {
                     pending.buf.extend_from_slice(&encoded);
                 }
                 let position = pending.len + (pending.buf.len() - h.total_len) as u64;
-                let max_ts = pending
-                    .max_ts
-                    .map_or(h.max_timestamp, |m| m.max(h.max_timestamp));
+                let max_ts = pending.max_ts.map_or(h.max_timestamp, |m| m.max(h.max_timestamp));
                 if pending.since_index >= u64::from(s.index_interval) {
                     pending.index_adds.push((
                         (h.base_offset - pending.segment_base) as u32,
@@ -844,16 +736,10 @@ fn process(shared: &Shared, cmds: Vec<Cmd>, buf: &mut Vec<u8>) {
                 pending.next_offset = h.next_offset();
                 pending.replies.push((
                     reply,
-                    AppendOutcome {
-                        base_offset: h.base_offset,
-                        last_offset: h.last_offset(),
-                    },
+                    AppendOutcome { base_offset: h.base_offset, last_offset: h.last_offset() },
                 ));
             }
-            Cmd::Roll {
-                expire_before,
-                reply,
-            } => {
+            Cmd::Roll { expire_before, reply } => {
                 let now = shared.clock.now_ms();
                 pending = flush(shared, pending);
                 let expired = expire_before.is_some_and(|e| pending.max_ts.is_some_and(|m| m < e));
@@ -862,11 +748,7 @@ fn process(shared: &Shared, cmds: Vec<Cmd>, buf: &mut Vec<u8>) {
                     .is_some_and(|f| now.saturating_sub(f) >= shared.settings.segment_max_age_ms);
                 let result = if pending.len > 0 && (expired || aged) {
                     pending = flush_and_roll(shared, pending);
-                    shared
-                        .read_state()
-                        .failed
-                        .clone()
-                        .map_or(Ok(()), |r| Err(StoreError::Backend(r)))
+                    shared.read_state().failed.clone().map_or(Ok(()), |r| Err(StoreError::Backend(r)))
                 } else {
                     Ok(())
                 };
@@ -907,13 +789,10 @@ fn flush(shared: &Shared, mut p: Pending) -> Pending {
         return p;
     }
     let file = shared.read_state().active.file.clone();
-    let written =
-        file.file
-            .write_all_at(&p.buf, p.len)
-            .and_then(|()| match shared.settings.durability {
-                Durability::FsyncBeforeAck => file.file.sync_data(),
-                Durability::Relaxed { .. } => Ok(()),
-            });
+    let written = file.file.write_all_at(&p.buf, p.len).and_then(|()| match shared.settings.durability {
+        Durability::FsyncBeforeAck => file.file.sync_data(),
+        Durability::Relaxed { .. } => Ok(()),
+    });
     if let Err(e) = written {
         tracing::error!(topic = %shared.topic, partition = shared.id, error = %e,
             "write or fsync failed; the partition refuses appends until restart");
@@ -970,13 +849,7 @@ fn roll(shared: &Shared) -> Result<(), StoreError> {
     let (old, index, next_offset, len, max_ts) = {
         let st = shared.read_state();
         let a = &st.active;
-        (
-            a.file.clone(),
-            a.index.clone(),
-            a.next_offset,
-            a.len,
-            a.max_ts,
-        )
+        (a.file.clone(), a.index.clone(), a.next_offset, a.len, a.max_ts)
     };
     // The sealed segment must be durable before anything depends on it being whole.
     old.file.sync_data().map_err(|e| old.io("syncing", e))?;
@@ -987,27 +860,16 @@ fn roll(shared: &Shared) -> Result<(), StoreError> {
         if n == 0 {
             0
         } else {
-            u32::from_le_bytes(
-                index.offsets[(n - 1) * 8..(n - 1) * 8 + 4]
-                    .try_into()
-                    .expect("4"),
-            )
+            u32::from_le_bytes(index.offsets[(n - 1) * 8..(n - 1) * 8 + 4].try_into().expect("4"))
         }
     };
-    index
-        .times
-        .extend_from_slice(&max_ts.unwrap_or(i64::MIN).to_le_bytes());
+    index.times.extend_from_slice(&max_ts.unwrap_or(i64::MIN).to_le_bytes());
     index.times.extend_from_slice(&last_rel.to_le_bytes());
     old.write_sealed_index(&index)?;
     let new = Arc::new(SegmentFile::open(&shared.dir, next_offset, true)?);
     sync_dir(&shared.dir)?;
     let mut st = shared.write_state();
-    st.sealed.push_back(Sealed {
-        file: old,
-        next_offset,
-        size: len,
-        max_ts: max_ts.unwrap_or(i64::MIN),
-    });
+    st.sealed.push_back(Sealed { file: old, next_offset, size: len, max_ts: max_ts.unwrap_or(i64::MIN) });
     st.active = Active {
         file: new,
         next_offset,

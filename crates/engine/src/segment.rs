@@ -19,9 +19,7 @@ pub fn log_name(base: u64) -> String {
 /// Parses `00000000000000000042.log` into 42.
 pub fn parse_log_name(name: &str) -> Option<u64> {
     let stem = name.strip_suffix(".log")?;
-    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| stem.parse().ok())
-        .flatten()
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())).then(|| stem.parse().ok()).flatten()
 }
 
 /// The open files of one segment. Shared (`Arc`) by the writer and readers; a deleted segment's file stays
@@ -44,12 +42,7 @@ impl SegmentFile {
             .truncate(false)
             .open(&path)
             .map_err(|e| StoreError::io(format!("opening segment {}", path.display()), e))?;
-        Ok(SegmentFile {
-            base,
-            path,
-            file,
-            sealed_index: OnceLock::new(),
-        })
+        Ok(SegmentFile { base, path, file, sealed_index: OnceLock::new() })
     }
 
     pub fn index_path(&self) -> PathBuf {
@@ -61,11 +54,7 @@ impl SegmentFile {
     }
 
     pub fn len(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .file
-            .metadata()
-            .map_err(|e| self.io("reading the size of", e))?
-            .len())
+        Ok(self.file.metadata().map_err(|e| self.io("reading the size of", e))?.len())
     }
 
     pub fn io(&self, what: &str, e: std::io::Error) -> StoreError {
@@ -73,19 +62,13 @@ impl SegmentFile {
     }
 
     pub fn corrupt(&self, position: u64, detail: impl Into<String>) -> StoreError {
-        StoreError::Corrupt {
-            path: self.path.clone(),
-            position,
-            detail: detail.into(),
-        }
+        StoreError::Corrupt { path: self.path.clone(), position, detail: detail.into() }
     }
 
     /// Reads `len` bytes at `pos` into a fresh shared buffer.
     pub fn read_at(&self, pos: u64, len: usize) -> Result<Bytes, StoreError> {
         let mut buf = BytesMut::zeroed(len);
-        self.file
-            .read_exact_at(&mut buf, pos)
-            .map_err(|e| self.io("reading", e))?;
+        self.file.read_exact_at(&mut buf, pos).map_err(|e| self.io("reading", e))?;
         Ok(buf.freeze())
     }
 
@@ -98,10 +81,7 @@ impl SegmentFile {
                         .and_then(|f| IndexBytes::map(&f, entry))
                         .map_err(|e| format!("{}: {e}", p.display()))
                 };
-                Ok((
-                    open(self.index_path(), OFFSET_ENTRY)?,
-                    open(self.timeindex_path(), TIME_ENTRY)?,
-                ))
+                Ok((open(self.index_path(), OFFSET_ENTRY)?, open(self.timeindex_path(), TIME_ENTRY)?))
             })
             .as_ref()
             .map_err(|e| StoreError::Backend(format!("index unavailable: {e}")))
@@ -110,13 +90,10 @@ impl SegmentFile {
     /// Writes this segment's indexes for sealing: to temporary files, fsync'd, then renamed into place, so a
     /// crash leaves either no index (rebuilt on open) or a complete one.
     pub fn write_sealed_index(&self, idx: &IndexBuf) -> Result<(), StoreError> {
-        for (path, bytes) in [
-            (self.index_path(), &idx.offsets),
-            (self.timeindex_path(), &idx.times),
-        ] {
+        for (path, bytes) in [(self.index_path(), &idx.offsets), (self.timeindex_path(), &idx.times)] {
             let tmp = path.with_extension("tmp");
-            let mut f = File::create(&tmp)
-                .map_err(|e| StoreError::io(format!("creating {}", tmp.display()), e))?;
+            let mut f =
+                File::create(&tmp).map_err(|e| StoreError::io(format!("creating {}", tmp.display()), e))?;
             f.write_all(bytes)
                 .and_then(|()| f.sync_all())
                 .map_err(|e| StoreError::io(format!("writing {}", tmp.display()), e))?;
@@ -145,17 +122,9 @@ pub struct ScanOutcome {
 
 /// Reads a segment from the start, verifying every batch, and rebuilds its index. Stops at the first torn,
 /// corrupt or out-of-sequence batch: everything from there is not part of the log.
-pub fn scan(
-    seg: &SegmentFile,
-    file_len: u64,
-    index_interval: u32,
-) -> Result<ScanOutcome, StoreError> {
+pub fn scan(seg: &SegmentFile, file_len: u64, index_interval: u32) -> Result<ScanOutcome, StoreError> {
     const CHUNK: usize = 8 << 20;
-    let mut out = ScanOutcome {
-        base: seg.base,
-        next_offset: seg.base,
-        ..ScanOutcome::default()
-    };
+    let mut out = ScanOutcome { base: seg.base, next_offset: seg.base, ..ScanOutcome::default() };
     let mut since_index = u64::MAX;
     let mut pos = 0u64;
     let mut max_ts = i64::MIN;
@@ -173,21 +142,12 @@ pub fn scan(
                 // The batch continues past this chunk: re-read from its start.
                 Err(FrameError::Incomplete { .. }) if p > 0 => break,
                 // A batch larger than a whole chunk: read it on its own.
-                Err(FrameError::Incomplete { needed, .. }) => {
-                    batch::check_batch(&seg.read_at(at, needed)?)
-                }
+                Err(FrameError::Incomplete { needed, .. }) => batch::check_batch(&seg.read_at(at, needed)?),
                 Err(e) => Err(e),
             };
             match verified {
                 Ok(h) => {
-                    if !accept(
-                        &mut out,
-                        &h,
-                        at,
-                        &mut since_index,
-                        index_interval,
-                        &mut max_ts,
-                    ) {
+                    if !accept(&mut out, &h, at, &mut since_index, index_interval, &mut max_ts) {
                         break 'chunks;
                     }
                     p += h.total_len;
@@ -224,8 +184,7 @@ fn accept(
     }
     *max_ts = (*max_ts).max(h.max_timestamp);
     if *since_index >= u64::from(interval) {
-        out.index
-            .push((h.base_offset - out.base) as u32, position as u32, *max_ts);
+        out.index.push((h.base_offset - out.base) as u32, position as u32, *max_ts);
         *since_index = 0;
     }
     *since_index += h.total_len as u64;

@@ -22,11 +22,7 @@ pub trait LogStore: Send + Sync + 'static {
     async fn delete_topic(&self, name: &str) -> Result<(), StoreError>;
     async fn list_topics(&self) -> Result<Vec<TopicInfo>, StoreError>;
     async fn describe_topic(&self, name: &str) -> Result<TopicInfo, StoreError>;
-    async fn set_retention(
-        &self,
-        name: &str,
-        retention: Retention,
-    ) -> Result<TopicInfo, StoreError>;
+    async fn set_retention(&self, name: &str, retention: Retention) -> Result<TopicInfo, StoreError>;
 
     /// Appends `records` atomically to one partition.
     async fn append(

@@ -13,9 +13,7 @@ struct Embedded {
 
 impl Embedded {
     fn new() -> Self {
-        Embedded {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
+        Embedded { dir: tempfile::tempdir().expect("tempdir") }
     }
     fn config(&self) -> EmbeddedConfig {
         let mut c = EmbeddedConfig::new(self.dir.path());

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use esgf_events_engine::{
-    EmbeddedConfig, EmbeddedStore, LogStore, ManualClock, NewRecord, ReadLimits, Retention,
-    StoreError, SystemClock, TopicConfig,
+    EmbeddedConfig, EmbeddedStore, LogStore, ManualClock, NewRecord, ReadLimits, Retention, StoreError,
+    SystemClock, TopicConfig,
 };
 use proptest::prelude::*;
 
@@ -24,21 +24,14 @@ fn value(i: u64) -> Bytes {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 async fn open(dir: &Path) -> EmbeddedStore {
     EmbeddedStore::open(config(dir), Arc::new(SystemClock)).unwrap()
 }
 
-async fn read_all(
-    s: &EmbeddedStore,
-    topic: &str,
-) -> Result<Vec<esgf_events_engine::Record>, StoreError> {
+async fn read_all(s: &EmbeddedStore, topic: &str) -> Result<Vec<esgf_events_engine::Record>, StoreError> {
     let mut out = Vec::new();
     let mut off = s.offsets(topic, 0).await?.earliest;
     loop {
@@ -58,16 +51,8 @@ async fn fill(s: &EmbeddedStore, batches: u64) -> Vec<u64> {
     let mut n = 0;
     for b in 0..batches {
         let size = 1 + b % 3;
-        let out = s
-            .append(
-                "t",
-                0,
-                (n..n + size)
-                    .map(|i| NewRecord::from_value(value(i)))
-                    .collect(),
-            )
-            .await
-            .unwrap();
+        let out =
+            s.append("t", 0, (n..n + size).map(|i| NewRecord::from_value(value(i))).collect()).await.unwrap();
         n = out.last_offset + 1;
         ends.push(n);
     }
@@ -94,22 +79,13 @@ async fn check_prefix_after_reopen(dir: &Path, ends: &[u64]) -> u64 {
     let s = open(dir).await;
     let all = read_all(&s, "t").await.unwrap();
     let n = all.len() as u64;
-    assert!(
-        n == 0 || ends.contains(&n),
-        "recovered {n} records: not a whole-batch prefix"
-    );
+    assert!(n == 0 || ends.contains(&n), "recovered {n} records: not a whole-batch prefix");
     for (i, r) in all.iter().enumerate() {
         assert_eq!(r.offset, i as u64);
         assert_eq!(r.value, value(i as u64));
     }
-    let next = s
-        .append("t", 0, vec![NewRecord::from_value("after")])
-        .await
-        .unwrap();
-    assert_eq!(
-        next.base_offset, n,
-        "next append continues right after the recovered prefix"
-    );
+    let next = s.append("t", 0, vec![NewRecord::from_value("after")]).await.unwrap();
+    assert_eq!(next.base_offset, n, "next append continues right after the recovered prefix");
     s.shutdown().await.unwrap();
     n
 }
@@ -131,10 +107,7 @@ fn recovery_from_every_truncation_point_of_the_active_tail() {
     for cut in (0..original.len()).rev() {
         let work = tempfile::tempdir().unwrap();
         copy_dir(pristine.path(), work.path());
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(active_segment(work.path()))
-            .unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(active_segment(work.path())).unwrap();
         f.set_len(cut as u64).unwrap();
         rt.block_on(check_prefix_after_reopen(work.path(), &ends));
     }
@@ -216,11 +189,7 @@ async fn segments_roll_by_size_and_sealed_indexes_serve_reads_after_reopen() {
     let ends = fill(&s, 300).await;
     s.shutdown().await.unwrap();
     let segs = segments(dir.path());
-    assert!(
-        segs.len() > 5,
-        "expected several segments, got {}",
-        segs.len()
-    );
+    assert!(segs.len() > 5, "expected several segments, got {}", segs.len());
     for seg in &segs[..segs.len() - 1] {
         assert!(std::fs::metadata(seg).unwrap().len() <= 16 << 10);
         assert!(seg.with_extension("index").exists() && seg.with_extension("timeindex").exists());
@@ -231,18 +200,7 @@ async fn segments_roll_by_size_and_sealed_indexes_serve_reads_after_reopen() {
     assert!(segs[1].with_extension("index").exists());
     let last = *ends.last().unwrap();
     for from in [0, 1, 57, 58, 59, 200, last - 1] {
-        let r = s
-            .read(
-                "t",
-                0,
-                from,
-                ReadLimits {
-                    max_records: 3,
-                    max_bytes: 1 << 20,
-                },
-            )
-            .await
-            .unwrap();
+        let r = s.read("t", 0, from, ReadLimits { max_records: 3, max_bytes: 1 << 20 }).await.unwrap();
         assert_eq!(r.records[0].offset, from);
         assert_eq!(r.records[0].value, value(from));
     }
@@ -258,26 +216,16 @@ async fn retention_by_age_deletes_expired_segments_and_rolls_the_active_one() {
     let day = Duration::from_secs(86_400);
     s.create_topic(
         "t",
-        TopicConfig {
-            partitions: 1,
-            retention: Retention {
-                max_age: Some(day),
-                max_bytes: None,
-            },
-        },
+        TopicConfig { partitions: 1, retention: Retention { max_age: Some(day), max_bytes: None } },
     )
     .await
     .unwrap();
     for i in 0..200 {
-        s.append("t", 0, vec![NewRecord::from_value(value(i))])
-            .await
-            .unwrap();
+        s.append("t", 0, vec![NewRecord::from_value(value(i))]).await.unwrap();
     }
     clock.advance_ms(12 * 3600 * 1000);
     for i in 200..260 {
-        s.append("t", 0, vec![NewRecord::from_value(value(i))])
-            .await
-            .unwrap();
+        s.append("t", 0, vec![NewRecord::from_value(value(i))]).await.unwrap();
     }
     // Nothing is a day old yet.
     assert_eq!(s.enforce_retention().await.unwrap().segments_deleted, 0);
@@ -287,11 +235,7 @@ async fn retention_by_age_deletes_expired_segments_and_rolls_the_active_one() {
     let r = s.enforce_retention().await.unwrap();
     assert!(r.segments_deleted > 0);
     let o = s.offsets("t", 0).await.unwrap();
-    assert!(
-        o.earliest > 0 && o.earliest <= 200,
-        "earliest {}",
-        o.earliest
-    );
+    assert!(o.earliest > 0 && o.earliest <= 200, "earliest {}", o.earliest);
     assert!(matches!(
         s.read("t", 0, 0, ReadLimits::default()).await,
         Err(StoreError::OffsetOutOfRange { .. })
@@ -300,18 +244,8 @@ async fn retention_by_age_deletes_expired_segments_and_rolls_the_active_one() {
     clock.advance_ms(2 * 86_400 * 1000);
     s.enforce_retention().await.unwrap();
     let o = s.offsets("t", 0).await.unwrap();
-    assert_eq!(
-        (o.earliest, o.latest),
-        (260, 260),
-        "all expired data deleted, offsets keep counting"
-    );
-    assert_eq!(
-        s.append("t", 0, vec![NewRecord::from_value("new")])
-            .await
-            .unwrap()
-            .base_offset,
-        260
-    );
+    assert_eq!((o.earliest, o.latest), (260, 260), "all expired data deleted, offsets keep counting");
+    assert_eq!(s.append("t", 0, vec![NewRecord::from_value("new")]).await.unwrap().base_offset, 260);
     s.shutdown().await.unwrap();
     drop(s);
     // The deletions survive a restart.
@@ -326,34 +260,20 @@ async fn retention_by_size_keeps_the_newest_segments() {
     let s = open(dir.path()).await;
     s.create_topic(
         "t",
-        TopicConfig {
-            partitions: 1,
-            retention: Retention {
-                max_age: None,
-                max_bytes: Some(40 << 10),
-            },
-        },
+        TopicConfig { partitions: 1, retention: Retention { max_age: None, max_bytes: Some(40 << 10) } },
     )
     .await
     .unwrap();
     for i in 0..600 {
-        s.append("t", 0, vec![NewRecord::from_value(value(i))])
-            .await
-            .unwrap();
+        s.append("t", 0, vec![NewRecord::from_value(value(i))]).await.unwrap();
     }
     s.enforce_retention().await.unwrap();
-    let size: u64 = segments(dir.path())
-        .iter()
-        .map(|p| std::fs::metadata(p).unwrap().len())
-        .sum();
+    let size: u64 = segments(dir.path()).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
     assert!(size <= (40 << 10) + (16 << 10), "kept {size} bytes");
     let o = s.offsets("t", 0).await.unwrap();
     assert!(o.earliest > 0);
     assert_eq!(o.latest, 600);
-    let r = s
-        .read("t", 0, o.earliest, ReadLimits::default())
-        .await
-        .unwrap();
+    let r = s.read("t", 0, o.earliest, ReadLimits::default()).await.unwrap();
     assert_eq!(r.records[0].value, value(o.earliest));
     s.shutdown().await.unwrap();
 }
@@ -367,31 +287,19 @@ async fn segments_roll_by_age() {
     let s = EmbeddedStore::open(c, clock.clone()).unwrap();
     s.create_topic(
         "t",
-        TopicConfig {
-            partitions: 1,
-            retention: Retention {
-                max_age: None,
-                max_bytes: None,
-            },
-        },
+        TopicConfig { partitions: 1, retention: Retention { max_age: None, max_bytes: None } },
     )
     .await
     .unwrap();
-    s.append("t", 0, vec![NewRecord::from_value("a")])
-        .await
-        .unwrap();
+    s.append("t", 0, vec![NewRecord::from_value("a")]).await.unwrap();
     clock.advance_ms(3_600_001);
     // An idle partition rolls on the retention timer...
     s.enforce_retention().await.unwrap();
     assert_eq!(segments(dir.path()).len(), 2);
     // ...and a busy one on the next append.
-    s.append("t", 0, vec![NewRecord::from_value("b")])
-        .await
-        .unwrap();
+    s.append("t", 0, vec![NewRecord::from_value("b")]).await.unwrap();
     clock.advance_ms(3_600_001);
-    s.append("t", 0, vec![NewRecord::from_value("c")])
-        .await
-        .unwrap();
+    s.append("t", 0, vec![NewRecord::from_value("c")]).await.unwrap();
     assert_eq!(segments(dir.path()).len(), 3);
     s.shutdown().await.unwrap();
 }
@@ -429,8 +337,6 @@ async fn half_created_topic_left_by_a_crash_is_not_visible() {
     let s = open(dir.path()).await;
     assert!(s.list_topics().await.unwrap().is_empty());
     assert!(!dir.path().join("staging/ghost").exists());
-    s.create_topic("ghost", TopicConfig::default())
-        .await
-        .unwrap();
+    s.create_topic("ghost", TopicConfig::default()).await.unwrap();
     s.shutdown().await.unwrap();
 }

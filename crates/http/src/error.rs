@@ -1,0 +1,357 @@
+//! The one place where failures become RFC 9457 `application/problem+json` responses.
+//!
+//! Every handler returns [`ApiError`]; its [`kind`](ApiError::kind) is the stable part of the problem `type` URN
+//! (`urn:esgf-events:problem:<kind>`) that clients branch on, so a kind is never renamed or reused.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use esgf_events_engine::StoreError;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+/// The media type of every error body.
+pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Prefix of every problem `type`.
+pub(crate) const PROBLEM_TYPE_PREFIX: &str = "urn:esgf-events:problem:";
+
+/// Everything a request can fail with, storage failures included.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the body is not valid JSON: {message}")]
+    MalformedJson { message: String, line: usize, column: usize },
+    #[error("{detail}")]
+    InvalidEvent { index: Option<usize>, detail: String },
+    #[error("event {index} is {size} bytes, over the maximum of {max} bytes per event")]
+    EventTooLarge { index: usize, size: usize, max: usize },
+    #[error("the batch holds {events} events, over the maximum of {max} events per request")]
+    BatchTooLarge { events: usize, max: usize },
+    #[error("the request body is over the maximum of {max} bytes")]
+    BodyTooLarge { max: usize },
+    #[error("content type '{content_type}' is not accepted: send application/json")]
+    UnsupportedMediaType { content_type: String },
+    #[error("{detail}")]
+    InvalidQuery { detail: String, parameters: Vec<String> },
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("there is no resource at {path}")]
+    RouteNotFound { path: String },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("the service is shutting down")]
+    ShuttingDown,
+}
+
+impl ApiError {
+    /// A JSON syntax error, keeping serde_json's position so the client can find the mistake.
+    pub(crate) fn malformed_json(err: &serde_json::Error) -> Self {
+        ApiError::MalformedJson { message: err.to_string(), line: err.line(), column: err.column() }
+    }
+
+    /// The stable problem kind: the last segment of the `type` URN.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Store(e) => match e {
+                StoreError::TopicNotFound(_) => "topic-not-found",
+                StoreError::TopicExists(_) => "topic-exists",
+                StoreError::InvalidTopicName { .. } => "invalid-topic-name",
+                StoreError::PartitionNotFound { .. } => "partition-not-found",
+                StoreError::OffsetOutOfRange { .. } => "offset-out-of-range",
+                StoreError::InvalidArgument(_) => "invalid-request",
+                StoreError::BatchTooLarge { .. } => "batch-too-large",
+                StoreError::Corrupt { .. } => "corrupt-data",
+                StoreError::Io { .. } | StoreError::Backend(_) => "storage-error",
+                StoreError::ShuttingDown => "shutting-down",
+            },
+            ApiError::MalformedJson { .. } => "malformed-json",
+            ApiError::InvalidEvent { .. } => "invalid-event",
+            ApiError::EventTooLarge { .. } => "event-too-large",
+            ApiError::BatchTooLarge { .. } => "batch-too-large",
+            ApiError::BodyTooLarge { .. } => "body-too-large",
+            ApiError::UnsupportedMediaType { .. } => "unsupported-media-type",
+            ApiError::InvalidQuery { .. } => "invalid-query",
+            ApiError::InvalidRequest(_) => "invalid-request",
+            ApiError::RouteNotFound { .. } => "route-not-found",
+            ApiError::MethodNotAllowed { .. } => "method-not-allowed",
+            ApiError::ShuttingDown => "shutting-down",
+        }
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        match self.kind() {
+            "topic-not-found" | "partition-not-found" | "route-not-found" => StatusCode::NOT_FOUND,
+            "topic-exists" => StatusCode::CONFLICT,
+            "offset-out-of-range" => StatusCode::RANGE_NOT_SATISFIABLE,
+            "event-too-large" | "batch-too-large" | "body-too-large" => StatusCode::PAYLOAD_TOO_LARGE,
+            "unsupported-media-type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "method-not-allowed" => StatusCode::METHOD_NOT_ALLOWED,
+            "corrupt-data" | "storage-error" => StatusCode::INTERNAL_SERVER_ERROR,
+            "shutting-down" => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// A short, fixed summary per kind (RFC 9457: the title does not change between occurrences).
+    fn title(&self) -> &'static str {
+        match self.kind() {
+            "topic-not-found" => "Topic not found",
+            "topic-exists" => "Topic already exists",
+            "invalid-topic-name" => "Invalid topic name",
+            "partition-not-found" => "Partition not found",
+            "offset-out-of-range" => "Offset out of range",
+            "malformed-json" => "Malformed JSON",
+            "invalid-event" => "Invalid event",
+            "event-too-large" => "Event too large",
+            "batch-too-large" => "Batch too large",
+            "body-too-large" => "Request body too large",
+            "unsupported-media-type" => "Unsupported media type",
+            "invalid-query" => "Invalid query parameters",
+            "route-not-found" => "Not found",
+            "method-not-allowed" => "Method not allowed",
+            "corrupt-data" => "Corrupt data",
+            "storage-error" => "Storage error",
+            "shutting-down" => "Shutting down",
+            _ => "Invalid request",
+        }
+    }
+
+    /// The human explanation. Storage internals (file paths, OS errors) stay in the server log.
+    fn detail(&self) -> String {
+        match self {
+            ApiError::Store(StoreError::Corrupt { .. }) => {
+                "stored data failed its integrity check; the details are in the server log".to_owned()
+            }
+            ApiError::Store(StoreError::Io { .. } | StoreError::Backend(_)) => {
+                "the storage backend failed; the details are in the server log".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// Extension members: the machine-readable facts a client needs to react without parsing `detail`.
+    fn extensions(&self) -> Map<String, Value> {
+        let value = match self {
+            ApiError::Store(StoreError::TopicNotFound(topic) | StoreError::TopicExists(topic)) => {
+                json!({ "topic": topic })
+            }
+            ApiError::Store(StoreError::InvalidTopicName { name, .. }) => json!({ "topic": name }),
+            ApiError::Store(StoreError::PartitionNotFound { topic, partition, partitions }) => {
+                json!({ "topic": topic, "partition": partition, "partitions": partitions })
+            }
+            ApiError::Store(StoreError::OffsetOutOfRange {
+                topic,
+                partition,
+                requested,
+                earliest,
+                latest,
+            }) => {
+                json!({
+                    "topic": topic,
+                    "partition": partition,
+                    "requested_offset": requested,
+                    "earliest_offset": earliest,
+                    "latest_offset": latest,
+                })
+            }
+            ApiError::Store(StoreError::BatchTooLarge { size, max }) => {
+                json!({ "size_bytes": size, "max_bytes": max })
+            }
+            ApiError::MalformedJson { line, column, .. } => json!({ "line": line, "column": column }),
+            ApiError::InvalidEvent { index: Some(index), .. } => json!({ "index": index }),
+            ApiError::EventTooLarge { index, size, max } => {
+                json!({ "index": index, "size_bytes": size, "max_bytes": max })
+            }
+            ApiError::BatchTooLarge { events, max } => json!({ "events": events, "max_events": max }),
+            ApiError::BodyTooLarge { max } => json!({ "max_bytes": max }),
+            ApiError::InvalidQuery { parameters, .. } if !parameters.is_empty() => {
+                json!({ "parameters": parameters })
+            }
+            _ => return Map::new(),
+        };
+        match value {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+
+    /// The problem document, as it goes on the wire: standard members first, then the extension members.
+    fn problem(&self) -> Problem {
+        let mut extensions = self.extensions();
+        // Extension members must never shadow a standard member (RFC 9457 section 3.2).
+        extensions.retain(|name, _| !STANDARD_MEMBERS.contains(&name.as_str()));
+        Problem {
+            type_uri: format!("{PROBLEM_TYPE_PREFIX}{}", self.kind()),
+            title: self.title(),
+            status: self.status().as_u16(),
+            detail: self.detail(),
+            extensions,
+        }
+    }
+
+    /// The problem document as a JSON value, for inspection in tests.
+    #[cfg(test)]
+    pub(crate) fn to_problem(&self) -> Value {
+        serde_json::to_value(self.problem()).unwrap_or_default()
+    }
+}
+
+const STANDARD_MEMBERS: [&str; 5] = ["type", "title", "status", "detail", "instance"];
+
+#[derive(Debug, Serialize)]
+struct Problem {
+    #[serde(rename = "type")]
+    type_uri: String,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    #[serde(flatten)]
+    extensions: Map<String, Value>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(kind = self.kind(), status = status.as_u16(), error = %self, "request failed");
+        } else {
+            tracing::debug!(kind = self.kind(), status = status.as_u16(), error = %self, "request refused");
+        }
+        // Serializing strings, numbers and a map cannot fail; an empty body would still carry the status.
+        let bytes = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        let mut response = (status, bytes).into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(err: ApiError) -> Value {
+        err.to_problem()
+    }
+
+    #[test]
+    fn problem_type_is_a_urn_of_the_kind() {
+        let p = problem(ApiError::Store(StoreError::TopicNotFound("t".into())));
+        assert_eq!(p["type"], "urn:esgf-events:problem:topic-not-found");
+        assert_eq!(p["status"], 404);
+        assert_eq!(p["title"], "Topic not found");
+        assert_eq!(p["topic"], "t");
+        assert!(p["detail"].as_str().is_some_and(|d| d.contains("'t'")));
+    }
+
+    #[test]
+    fn store_errors_map_to_their_statuses() {
+        let cases = [
+            (StoreError::TopicNotFound("t".into()), 404, "topic-not-found"),
+            (StoreError::TopicExists("t".into()), 409, "topic-exists"),
+            (
+                StoreError::InvalidTopicName { name: "a b".into(), reason: "r".into() },
+                400,
+                "invalid-topic-name",
+            ),
+            (
+                StoreError::PartitionNotFound { topic: "t".into(), partition: 3, partitions: 1 },
+                404,
+                "partition-not-found",
+            ),
+            (StoreError::InvalidArgument("x".into()), 400, "invalid-request"),
+            (StoreError::BatchTooLarge { size: 10, max: 5 }, 413, "batch-too-large"),
+            (
+                StoreError::Corrupt { path: "/data/x".into(), position: 7, detail: "crc".into() },
+                500,
+                "corrupt-data",
+            ),
+            (
+                StoreError::Io { context: "c".into(), source: std::io::Error::other("disk") },
+                500,
+                "storage-error",
+            ),
+            (StoreError::Backend("nats down".into()), 500, "storage-error"),
+            (StoreError::ShuttingDown, 503, "shutting-down"),
+        ];
+        for (err, status, kind) in cases {
+            let err = ApiError::from(err);
+            assert_eq!(err.status().as_u16(), status, "{err}");
+            assert_eq!(err.kind(), kind, "{err}");
+        }
+    }
+
+    #[test]
+    fn offset_out_of_range_names_earliest_and_latest() {
+        let p = problem(ApiError::Store(StoreError::OffsetOutOfRange {
+            topic: "t".into(),
+            partition: 0,
+            requested: 99,
+            earliest: 3,
+            latest: 7,
+        }));
+        assert_eq!(p["status"], 416);
+        assert_eq!(p["earliest_offset"], 3);
+        assert_eq!(p["latest_offset"], 7);
+        assert_eq!(p["requested_offset"], 99);
+    }
+
+    #[test]
+    fn storage_internals_stay_out_of_the_detail() {
+        let p = problem(ApiError::Store(StoreError::Corrupt {
+            path: "/secret/data/00000.log".into(),
+            position: 7,
+            detail: "crc".into(),
+        }));
+        assert!(!p["detail"].as_str().unwrap_or_default().contains("/secret"));
+        let p = problem(ApiError::Store(StoreError::Io {
+            context: "writing /secret/x".into(),
+            source: std::io::Error::other("EIO"),
+        }));
+        assert!(!p["detail"].as_str().unwrap_or_default().contains("/secret"));
+    }
+
+    #[test]
+    fn malformed_json_carries_line_and_column() {
+        let err = serde_json::from_slice::<Value>(b"{\n  \"a\": x\n}").unwrap_err();
+        let p = problem(ApiError::malformed_json(&err));
+        assert_eq!(p["type"], "urn:esgf-events:problem:malformed-json");
+        assert_eq!(p["line"], 2);
+        assert!(p["column"].as_u64().is_some_and(|c| c > 0));
+        assert!(p["detail"].as_str().is_some_and(|d| d.contains("line 2 column")));
+    }
+
+    #[test]
+    fn size_limits_are_413_with_their_maximum() {
+        let p = problem(ApiError::EventTooLarge { index: 4, size: 2_000_000, max: 1_048_576 });
+        assert_eq!((p["status"].as_u64(), p["index"].as_u64()), (Some(413), Some(4)));
+        assert_eq!(p["max_bytes"], 1_048_576);
+        let p = problem(ApiError::BatchTooLarge { events: 10_001, max: 10_000 });
+        assert_eq!((p["status"].as_u64(), p["max_events"].as_u64()), (Some(413), Some(10_000)));
+        let p = problem(ApiError::BodyTooLarge { max: 32 });
+        assert_eq!(p["type"], "urn:esgf-events:problem:body-too-large");
+    }
+
+    #[test]
+    fn extension_members_never_override_standard_members() {
+        // "status" must stay the HTTP status even if an extension ever used the same name.
+        let p = problem(ApiError::InvalidQuery { detail: "d".into(), parameters: vec!["x".into()] });
+        assert_eq!(p["status"], 400);
+        assert_eq!(p["parameters"], json!(["x"]));
+    }
+
+    #[test]
+    fn standard_members_come_first_on_the_wire() {
+        let err = ApiError::BodyTooLarge { max: 5 };
+        let text = String::from_utf8(serde_json::to_vec(&err.problem()).expect("serializes")).expect("utf8");
+        assert!(text.starts_with(r#"{"type":"urn:esgf-events:problem:body-too-large","title":"#), "{text}");
+        assert!(text.ends_with(r#","max_bytes":5}"#), "{text}");
+    }
+
+    #[test]
+    fn response_has_problem_json_content_type() {
+        let response = ApiError::RouteNotFound { path: "/nope".into() }.into_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+    }
+}

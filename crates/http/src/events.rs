@@ -1,0 +1,682 @@
+//! Publishing and reading events.
+//!
+//! Publishing stores each event's exact JSON bytes (no re-serialization), keyed like the ESGF envelope says and
+//! partitioned like Kafka's default partitioner. A request is validated whole before anything is appended, so a
+//! refused batch leaves nothing behind. Reading embeds the stored bytes back verbatim.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use esgf_events_engine::{AppendOutcome, NewRecord, ReadLimits, ReadResult, Record, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::body::{
+    QueryPairs, check_query, invalid_param, query_pairs, query_value, read_body, require_json, topic_param,
+};
+use crate::error::ApiError;
+use crate::partitioner::partition_for_key;
+use crate::topics::format_timestamp;
+use crate::{DEFAULT_READ_LIMIT, HttpConfig, SharedState};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Publish
+// ---------------------------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+struct Placement {
+    partition: u32,
+    offset: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct PublishResponse {
+    results: Vec<Placement>,
+}
+
+pub(crate) async fn publish(
+    State(state): State<SharedState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<QueryPairs>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let topic = topic_param(path)?;
+    let query = query_pairs(query)?;
+    check_query(&query, &["key"])?;
+    let query_key = match query_value(&query, "key") {
+        Some("") => return Err(invalid_param("key", "must not be empty; omit it to publish without a key")),
+        Some(key) => Some(Bytes::copy_from_slice(key.as_bytes())),
+        None => None,
+    };
+    require_json(&headers)?;
+
+    // Before reading the body: an unknown topic should not cost us up to `max_body_bytes` of buffering.
+    let info = state.store.describe_topic(&topic).await?;
+    let body = read_body(&headers, body, state.config.max_body_bytes).await?;
+    let events = split_events(&body, &state.config)?;
+
+    // Everything below is infallible until the appends: the request is fully validated at this point.
+    let mut round_robin = None;
+    let mut groups: BTreeMap<u32, (Vec<usize>, Vec<NewRecord>)> = BTreeMap::new();
+    for (index, event) in events.iter().enumerate() {
+        let key = query_key.clone().or_else(|| envelope_key(event.get()).map(Bytes::from));
+        let partition = match &key {
+            Some(key) => partition_for_key(key, info.partitions),
+            // All unkeyed events of one request share a partition, so an unkeyed batch stays one atomic append.
+            None => *round_robin.get_or_insert_with(|| state.next_round_robin(info.partitions)),
+        };
+        let group = groups.entry(partition).or_default();
+        group.0.push(index);
+        group.1.push(NewRecord {
+            timestamp_ms: None,
+            key,
+            // Zero-copy: the event's exact bytes, borrowed from the request body.
+            value: body.slice_ref(event.get().as_bytes()),
+            headers: Vec::new(),
+        });
+    }
+    let count = events.len();
+    drop(events);
+
+    let results = append_groups(&state, &topic, groups, count).await?;
+    tracing::debug!(%topic, events = count, "published");
+    Ok((StatusCode::CREATED, axum::Json(PublishResponse { results })).into_response())
+}
+
+/// Parses the body into its events: one object, or an array of objects. Checks every limit, so the caller can
+/// append without further validation.
+fn split_events<'a>(body: &'a [u8], config: &HttpConfig) -> Result<Vec<&'a RawValue>, ApiError> {
+    let first = body.iter().copied().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    // One pass either way: look at the first byte instead of parsing once to find the shape and again for items.
+    let events = if first == Some(b'[') {
+        let events: Vec<&RawValue> =
+            serde_json::from_slice(body).map_err(|err| ApiError::malformed_json(&err))?;
+        if events.is_empty() {
+            return Err(ApiError::InvalidRequest(
+                "the batch is an empty array: send at least one event".to_owned(),
+            ));
+        }
+        if events.len() > config.max_batch_events {
+            return Err(ApiError::BatchTooLarge { events: events.len(), max: config.max_batch_events });
+        }
+        for (index, event) in events.iter().enumerate() {
+            if !event.get().starts_with('{') {
+                return Err(ApiError::InvalidEvent {
+                    index: Some(index),
+                    detail: format!(
+                        "batch element {index} is not a JSON object: every event must be an object"
+                    ),
+                });
+            }
+        }
+        events
+    } else {
+        let event: &RawValue = serde_json::from_slice(body).map_err(|err| ApiError::malformed_json(&err))?;
+        if !event.get().starts_with('{') {
+            return Err(ApiError::InvalidEvent {
+                index: None,
+                detail: "the body must be a JSON object (one event) or an array of objects (a batch)"
+                    .to_owned(),
+            });
+        }
+        vec![event]
+    };
+    for (index, event) in events.iter().enumerate() {
+        let size = event.get().len();
+        if size > config.max_event_bytes {
+            return Err(ApiError::EventTooLarge { index, size, max: config.max_event_bytes });
+        }
+    }
+    Ok(events)
+}
+
+/// Just enough of the ESGF envelope to find the key, `data.payload.item.id` or else `data.payload.item_id`.
+/// Each level is kept raw so unrelated members are skipped without being built into values, and a level of an
+/// unexpected type only means "no key here" rather than failing the event.
+#[derive(Deserialize)]
+struct Level<'a> {
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    item: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    item_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+}
+
+fn level(raw: &str) -> Option<Level<'_>> {
+    if !raw.starts_with('{') {
+        return None;
+    }
+    serde_json::from_str(raw).ok()
+}
+
+/// The event's key per the envelope, if it has one. Strings give their text; numbers their JSON spelling.
+pub(crate) fn envelope_key(event: &str) -> Option<Vec<u8>> {
+    let payload = level(level(level(event)?.data?.get())?.payload?.get())?;
+    let from_item = payload.item.and_then(|item| level(item.get())).and_then(|item| item.id);
+    from_item.and_then(key_text).or_else(|| payload.item_id.and_then(key_text))
+}
+
+fn key_text(raw: &RawValue) -> Option<Vec<u8>> {
+    let text = raw.get();
+    match text.as_bytes().first()? {
+        b'"' => serde_json::from_str::<Cow<'_, str>>(text).ok().map(|s| s.into_owned().into_bytes()),
+        b'-' | b'0'..=b'9' => Some(text.as_bytes().to_vec()),
+        _ => None,
+    }
+}
+
+/// Appends each partition's events as one batch (concurrently when there are several) and maps the offsets
+/// back to input order. A batch spanning partitions is not atomic across them: if one append fails, others may
+/// already have succeeded (documented limitation); the error is what the client sees.
+async fn append_groups(
+    state: &SharedState,
+    topic: &str,
+    groups: BTreeMap<u32, (Vec<usize>, Vec<NewRecord>)>,
+    count: usize,
+) -> Result<Vec<Placement>, ApiError> {
+    let mut results = vec![Placement { partition: 0, offset: 0 }; count];
+    let mut place = |partition: u32, indices: &[usize], outcome: AppendOutcome| {
+        for (i, &index) in indices.iter().enumerate() {
+            results[index] = Placement { partition, offset: outcome.base_offset + i as u64 };
+        }
+    };
+
+    if groups.len() == 1 {
+        for (partition, (indices, records)) in groups {
+            let outcome = state.store.append(topic, partition, records).await?;
+            place(partition, &indices, outcome);
+        }
+        return Ok(results);
+    }
+
+    // Spawned, not just joined: once started, every partition's append runs to completion even if the client
+    // goes away, so what was acknowledged internally is never half-abandoned.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (partition, (indices, records)) in groups {
+        let store = state.store.clone();
+        let topic = topic.to_owned();
+        tasks.spawn(async move {
+            let outcome = store.append(&topic, partition, records).await;
+            (partition, indices, outcome)
+        });
+    }
+    let mut first_error = None;
+    let mut appended = 0usize;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((partition, indices, Ok(outcome))) => {
+                appended += 1;
+                place(partition, &indices, outcome);
+            }
+            Ok((partition, _, Err(err))) => {
+                tracing::warn!(%topic, partition, error = %err, "append of one partition's share of a batch failed");
+                first_error.get_or_insert(ApiError::Store(err));
+            }
+            Err(join_error) => {
+                tracing::error!(%topic, error = %join_error, "append task failed");
+                first_error.get_or_insert(ApiError::Store(StoreError::Backend(format!(
+                    "append task failed: {join_error}"
+                ))));
+            }
+        }
+    }
+    match first_error {
+        Some(err) => {
+            if appended > 0 {
+                tracing::warn!(%topic, partitions_appended = appended, "batch partially appended across partitions");
+            }
+            Err(err)
+        }
+        None => Ok(results),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Read
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Where a read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    Earliest,
+    Offset(u64),
+    /// The first record at or after this time (ms since the epoch), or the log end if there is none yet.
+    Since(i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadQuery {
+    pub(crate) partition: u32,
+    pub(crate) start: Start,
+    pub(crate) limit: usize,
+    pub(crate) wait: Duration,
+}
+
+const READ_PARAMS: [&str; 5] = ["partition", "offset", "since", "limit", "wait"];
+
+/// Parses and bounds the read parameters. Out-of-bounds values are refused rather than clamped, so a client is
+/// never silently given less than it asked for.
+pub(crate) fn parse_read_query(
+    pairs: &[(String, String)],
+    config: &HttpConfig,
+) -> Result<ReadQuery, ApiError> {
+    check_query(pairs, &READ_PARAMS)?;
+
+    let partition = match query_value(pairs, "partition") {
+        None => 0,
+        Some(v) => {
+            v.parse::<u32>().map_err(|_| invalid_param("partition", "must be a non-negative integer"))?
+        }
+    };
+
+    let start = match (query_value(pairs, "offset"), query_value(pairs, "since")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::InvalidQuery {
+                detail: "give either 'offset' or 'since', not both".to_owned(),
+                parameters: vec!["offset".to_owned(), "since".to_owned()],
+            });
+        }
+        (Some(v), None) => Start::Offset(
+            v.parse::<u64>().map_err(|_| invalid_param("offset", "must be a non-negative integer"))?,
+        ),
+        (None, Some(v)) => {
+            let at = chrono::DateTime::parse_from_rfc3339(v).map_err(|err| {
+                invalid_param("since", format!("must be an RFC 3339 time like 2026-11-27T10:00:00Z ({err})"))
+            })?;
+            Start::Since(at.timestamp_millis())
+        }
+        (None, None) => Start::Earliest,
+    };
+
+    let limit = match query_value(pairs, "limit") {
+        None => DEFAULT_READ_LIMIT.min(config.max_read_limit),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=config.max_read_limit).contains(&n) => n,
+            _ => {
+                return Err(invalid_param(
+                    "limit",
+                    format!("must be an integer from 1 to {}", config.max_read_limit),
+                ));
+            }
+        },
+    };
+
+    let wait = match query_value(pairs, "wait") {
+        None => Duration::ZERO,
+        Some(v) => {
+            let max = config.max_wait.as_secs_f64();
+            let bad = || invalid_param("wait", format!("must be a number of seconds from 0 to {max}"));
+            let seconds = v.parse::<f64>().map_err(|_| bad())?;
+            if !(0.0..=max).contains(&seconds) {
+                return Err(bad());
+            }
+            Duration::try_from_secs_f64(seconds).map_err(|_| bad())?.min(config.max_wait)
+        }
+    };
+
+    Ok(ReadQuery { partition, start, limit, wait })
+}
+
+pub(crate) async fn read(
+    State(state): State<SharedState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<QueryPairs>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let topic = topic_param(path)?;
+    let q = parse_read_query(&query_pairs(query)?, &state.config)?;
+    let store = state.store.as_ref();
+    // Responses stay within the same byte budget as requests (the store still returns at least one record).
+    let limits = ReadLimits { max_records: q.limit, max_bytes: state.config.max_body_bytes };
+
+    let offset = match q.start {
+        Start::Offset(offset) => offset,
+        Start::Earliest => store.offsets(&topic, q.partition).await?.earliest,
+        Start::Since(ms) => match store.offset_for_timestamp(&topic, q.partition, ms).await? {
+            Some(offset) => offset,
+            None => store.offsets(&topic, q.partition).await?.latest,
+        },
+    };
+
+    let mut result = match store.read(&topic, q.partition, offset, limits).await {
+        // Retention may have moved the start between our two calls; "earliest" means whatever is earliest now.
+        Err(StoreError::OffsetOutOfRange { earliest, .. }) if q.start == Start::Earliest => {
+            store.read(&topic, q.partition, earliest, limits).await?
+        }
+        other => other?,
+    };
+
+    if result.records.is_empty() && !q.wait.is_zero() {
+        let arrived = tokio::select! {
+            arrived = store.wait_for(&topic, q.partition, result.next_offset, q.wait) => arrived?,
+            // Draining must not wait out every long-poll: answer "nothing yet" and let the client come back.
+            () = state.shutdown.begun() => false,
+        };
+        if arrived {
+            result = store.read(&topic, q.partition, result.next_offset, limits).await?;
+        }
+    }
+
+    Ok(read_response(q.partition, &result))
+}
+
+#[derive(Serialize)]
+struct ReadResponse<'a> {
+    events: Vec<EventOut<'a>>,
+    next_offset: u64,
+}
+
+#[derive(Serialize)]
+struct EventOut<'a> {
+    partition: u32,
+    offset: u64,
+    timestamp: String,
+    key: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_base64: Option<String>,
+    headers: Vec<HeaderOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct HeaderOut<'a> {
+    name: &'a str,
+    value: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_base64: Option<String>,
+}
+
+/// Bytes as text when they are UTF-8; otherwise a lossy rendering plus the exact bytes in base64.
+fn text_or_base64(bytes: &[u8]) -> (Cow<'_, str>, Option<String>) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (Cow::Borrowed(text), None),
+        Err(_) => (String::from_utf8_lossy(bytes), Some(base64(bytes))),
+    }
+}
+
+fn event_out(partition: u32, record: &Record) -> EventOut<'_> {
+    let (key, key_base64) = match record.key.as_deref().map(text_or_base64) {
+        Some((text, b64)) => (Some(text), b64),
+        None => (None, None),
+    };
+    // Values published over HTTP are always JSON; a record from another producer may not be.
+    let (value, value_base64) = match serde_json::from_slice::<&RawValue>(&record.value) {
+        Ok(raw) => (Some(raw), None),
+        Err(_) => (None, Some(base64(&record.value))),
+    };
+    let headers = record
+        .headers
+        .iter()
+        .map(|h| {
+            let (value, value_base64) = text_or_base64(&h.value);
+            HeaderOut { name: &h.name, value, value_base64 }
+        })
+        .collect();
+    EventOut {
+        partition,
+        offset: record.offset,
+        timestamp: format_timestamp(record.timestamp_ms),
+        key,
+        key_base64,
+        value,
+        value_base64,
+        headers,
+    }
+}
+
+fn read_response(partition: u32, result: &ReadResult) -> Response {
+    let body = ReadResponse {
+        events: result.records.iter().map(|r| event_out(partition, r)).collect(),
+        next_offset: result.next_offset,
+    };
+    match serde_json::to_vec(&body) {
+        Ok(bytes) => {
+            let mut response = (StatusCode::OK, bytes).into_response();
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        // Cannot happen (every part is plain data or already-valid JSON); still an answer, not a panic.
+        Err(err) => ApiError::Store(StoreError::Backend(format!("could not encode the response: {err}")))
+            .into_response(),
+    }
+}
+
+/// Standard base64 with padding (RFC 4648 section 4).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(chunk.get(1).copied().unwrap_or(0)) << 8)
+            | u32::from(chunk.get(2).copied().unwrap_or(0));
+        let sextet = |shift: u32| char::from(ALPHABET[((n >> shift) & 63) as usize]);
+        out.push(sextet(18));
+        out.push(sextet(12));
+        out.push(if chunk.len() > 1 { sextet(6) } else { '=' });
+        out.push(if chunk.len() > 2 { sextet(0) } else { '=' });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> QueryPairs {
+        list.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn parse(list: &[(&str, &str)]) -> Result<ReadQuery, ApiError> {
+        parse_read_query(&pairs(list), &HttpConfig::default())
+    }
+
+    #[test]
+    fn read_query_defaults_to_partition_0_from_earliest() {
+        let q = parse(&[]).expect("valid");
+        assert_eq!(q, ReadQuery { partition: 0, start: Start::Earliest, limit: 100, wait: Duration::ZERO });
+    }
+
+    #[test]
+    fn read_query_parses_every_parameter() {
+        let q = parse(&[("partition", "3"), ("offset", "40"), ("limit", "1000"), ("wait", "2.5")])
+            .expect("valid");
+        assert_eq!(
+            q,
+            ReadQuery {
+                partition: 3,
+                start: Start::Offset(40),
+                limit: 1000,
+                wait: Duration::from_millis(2500)
+            }
+        );
+        let q = parse(&[("since", "2026-11-27T10:00:00Z")]).expect("valid");
+        assert_eq!(q.start, Start::Since(1_795_773_600_000));
+        let q = parse(&[("since", "2026-11-27T11:00:00.5+01:00")]).expect("valid");
+        assert_eq!(q.start, Start::Since(1_795_773_600_500));
+    }
+
+    #[test]
+    fn offset_and_since_together_are_refused() {
+        let err = parse(&[("offset", "1"), ("since", "2026-11-27T10:00:00Z")]).expect_err("both");
+        assert_eq!(err.kind(), "invalid-query");
+    }
+
+    #[test]
+    fn read_query_refuses_out_of_bounds_values() {
+        for bad in [
+            [("limit", "0")],
+            [("limit", "1001")],
+            [("limit", "ten")],
+            [("wait", "31")],
+            [("wait", "-1")],
+            [("wait", "NaN")],
+            [("offset", "-1")],
+            [("partition", "x")],
+            [("since", "yesterday")],
+        ] {
+            let err = parse(&bad).expect_err(&format!("{bad:?}"));
+            assert_eq!(err.kind(), "invalid-query", "{bad:?}");
+            assert_eq!(err.to_problem()["parameters"], serde_json::json!([bad[0].0]), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn read_query_refuses_unknown_parameters() {
+        let err = parse(&[("ofset", "4")]).expect_err("unknown");
+        assert_eq!(err.to_problem()["parameters"], serde_json::json!(["ofset"]));
+    }
+
+    #[test]
+    fn key_comes_from_item_id_first() {
+        let event = r#"{"specversion":"1.0","data":{"payload":{"item":{"id":"CMIP6.a.b","x":[1,2]},"item_id":"other"}}}"#;
+        assert_eq!(envelope_key(event), Some(b"CMIP6.a.b".to_vec()));
+    }
+
+    #[test]
+    fn key_falls_back_to_payload_item_id() {
+        let event = r#"{"data":{"payload":{"item_id":"CMIP6.c"}}}"#;
+        assert_eq!(envelope_key(event), Some(b"CMIP6.c".to_vec()));
+        let event = r#"{"data":{"payload":{"item":{"properties":{}},"item_id":"CMIP6.d"}}}"#;
+        assert_eq!(envelope_key(event), Some(b"CMIP6.d".to_vec()));
+        let event = r#"{"data":{"payload":{"item":"not an object","item_id":"CMIP6.e"}}}"#;
+        assert_eq!(envelope_key(event), Some(b"CMIP6.e".to_vec()));
+    }
+
+    #[test]
+    fn key_strings_are_unescaped_and_numbers_kept_verbatim() {
+        assert_eq!(
+            envelope_key(r#"{"data":{"payload":{"item":{"id":"a\u00e9\"b"}}}}"#),
+            Some("aé\"b".into())
+        );
+        assert_eq!(envelope_key(r#"{"data":{"payload":{"item_id":12.50}}}"#), Some(b"12.50".to_vec()));
+    }
+
+    #[test]
+    fn events_without_an_envelope_key_have_none() {
+        for event in [
+            r#"{}"#,
+            r#"{"data":null}"#,
+            r#"{"data":[1]}"#,
+            r#"{"data":{"payload":{}}}"#,
+            r#"{"data":{"payload":{"item":{"id":null}}}}"#,
+            r#"{"data":{"payload":{"item":{"id":{"nested":1}}}}}"#,
+            r#"{"id":"top-level ids are not keys"}"#,
+        ] {
+            assert_eq!(envelope_key(event), None, "{event}");
+        }
+    }
+
+    #[test]
+    fn single_object_is_one_event_and_keeps_its_exact_bytes() {
+        let body = b"  {\"b\": 1,   \"a\" : [ 2 ]}\n";
+        let events = split_events(body, &HttpConfig::default()).expect("valid");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].get(), "{\"b\": 1,   \"a\" : [ 2 ]}");
+    }
+
+    #[test]
+    fn array_is_a_batch_of_exact_bytes() {
+        let body = br#"[{"a":1}, { "b" : 2 }]"#;
+        let events = split_events(body, &HttpConfig::default()).expect("valid");
+        let texts: Vec<&str> = events.iter().map(|e| e.get()).collect();
+        assert_eq!(texts, [r#"{"a":1}"#, r#"{ "b" : 2 }"#]);
+    }
+
+    #[test]
+    fn non_object_batch_element_is_named_by_index() {
+        let err = split_events(br#"[{"a":1}, 2]"#, &HttpConfig::default()).expect_err("2 is no event");
+        let p = err.to_problem();
+        assert_eq!(
+            (p["type"].as_str(), p["index"].as_u64()),
+            (Some("urn:esgf-events:problem:invalid-event"), Some(1))
+        );
+    }
+
+    #[test]
+    fn scalar_body_is_not_an_event() {
+        for body in [&b"42"[..], b"\"x\"", b"null"] {
+            assert_eq!(
+                split_events(body, &HttpConfig::default()).expect_err("scalar").kind(),
+                "invalid-event"
+            );
+        }
+    }
+
+    #[test]
+    fn limits_are_checked_per_event_and_per_batch() {
+        let config = HttpConfig { max_event_bytes: 10, max_batch_events: 2, ..HttpConfig::default() };
+        let err = split_events(br#"[{"a":1},{"a":"0123456789"}]"#, &config).expect_err("too big");
+        assert!(matches!(err, ApiError::EventTooLarge { index: 1, .. }), "{err:?}");
+        let err = split_events(br#"[{},{},{}]"#, &config).expect_err("too many");
+        assert!(matches!(err, ApiError::BatchTooLarge { events: 3, max: 2 }), "{err:?}");
+    }
+
+    proptest::proptest! {
+        /// Whatever whitespace and member order a client uses, each stored event is exactly its own bytes.
+        #[test]
+        fn batch_elements_are_split_byte_identical(
+            members in proptest::collection::vec(("[a-z]{1,6}", -1000i64..1000), 0..5),
+            count in 1usize..6,
+            pad in "[ \t\r\n]{0,3}",
+        ) {
+            let event = format!(
+                "{{{}}}",
+                members.iter().map(|(k, v)| format!("{pad}\"{k}\"{pad}:{pad}{v}")).collect::<Vec<_>>().join(",")
+            );
+            let events = vec![event.as_str(); count];
+            let body = format!("{pad}[{pad}{}{pad}]{pad}", events.join(&format!("{pad},{pad}")));
+            // Duplicate member names are still valid JSON for a raw split.
+            let split = split_events(body.as_bytes(), &HttpConfig::default()).expect("valid batch");
+            proptest::prop_assert_eq!(split.iter().map(|e| e.get()).collect::<Vec<_>>(), events);
+        }
+    }
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, encoded) in cases {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
+    }
+
+    #[test]
+    fn non_json_value_and_non_utf8_key_are_base64() {
+        let record = Record {
+            offset: 7,
+            timestamp_ms: 0,
+            key: Some(Bytes::from_static(&[0xff, b'k'])),
+            value: Bytes::from_static(b"not json"),
+            headers: vec![esgf_events_engine::Header { name: "h".into(), value: Bytes::from_static(b"v") }],
+        };
+        let json = serde_json::to_value(event_out(2, &record)).expect("serializes");
+        assert_eq!(json["value_base64"], "bm90IGpzb24=");
+        assert!(json.get("value").is_none());
+        assert_eq!(json["key"], "\u{fffd}k");
+        assert_eq!(json["key_base64"], "/2s=");
+        assert_eq!(json["headers"], serde_json::json!([{"name": "h", "value": "v"}]));
+        assert_eq!(json["timestamp"], "1970-01-01T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,286 @@
+//! Topic endpoints: create, list, describe; and the JSON shape of a topic (retention as `"90d"` or `"forever"`).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, SecondsFormat, Utc};
+use esgf_events_engine::{LogStore, Retention, TopicConfig, TopicInfo};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::SharedState;
+use crate::body::{QueryPairs, check_query, query_pairs, read_body, require_json, topic_param};
+use crate::error::ApiError;
+
+/// Most partitions a topic may have.
+pub(crate) const MAX_PARTITIONS: u32 = 1024;
+
+/// A topic-creation body is a few fields; anything larger is not one.
+const MAX_CREATE_BODY_BYTES: usize = 64 << 10;
+
+/// The body of `POST /v1/topics`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateTopicRequest {
+    name: String,
+    #[serde(default)]
+    partitions: Option<u32>,
+    /// `"90d"`, `"12h"`, ... or `"forever"`; absent means the configured default.
+    #[serde(default)]
+    retention: Option<String>,
+    /// Absent means the configured default; `null` means no size limit.
+    #[serde(default, deserialize_with = "present")]
+    retention_bytes: Option<Option<u64>>,
+}
+
+/// Tells an explicit `null` (`Some(None)`) from an absent member (`None`, via `#[serde(default)]`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub(crate) struct TopicDescription {
+    name: String,
+    partitions: u32,
+    retention: String,
+    retention_bytes: Option<u64>,
+    created: String,
+    offsets: Vec<OffsetsOut>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+struct OffsetsOut {
+    partition: u32,
+    earliest: u64,
+    latest: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct TopicList {
+    topics: Vec<TopicDescription>,
+}
+
+pub(crate) async fn create(
+    State(state): State<SharedState>,
+    query: Result<Query<QueryPairs>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_query(&query_pairs(query)?, &[])?;
+    require_json(&headers)?;
+    let body = read_body(&headers, body, MAX_CREATE_BODY_BYTES).await?;
+    let request: CreateTopicRequest = serde_json::from_slice(&body).map_err(|err| match err.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::InvalidRequest(format!("invalid topic request: {err}"))
+        }
+        _ => ApiError::malformed_json(&err),
+    })?;
+    let config = topic_config(&request, state.config.default_retention)?;
+
+    let info = state.store.create_topic(&request.name, config).await?;
+    tracing::info!(
+        topic = %info.name,
+        partitions = info.partitions,
+        retention = %format_retention(info.retention.max_age),
+        retention_bytes = ?info.retention.max_bytes,
+        "topic created"
+    );
+    let description = describe_info(state.store.as_ref(), info).await?;
+
+    let mut response = (StatusCode::CREATED, Json(&description)).into_response();
+    // Topic names are validated to `[A-Za-z0-9._-]`, so they are always a valid header value and URL segment.
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/topics/{}", description.name)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+pub(crate) async fn list(
+    State(state): State<SharedState>,
+    query: Result<Query<QueryPairs>, QueryRejection>,
+) -> Result<Json<impl Serialize>, ApiError> {
+    check_query(&query_pairs(query)?, &[])?;
+    let mut infos = state.store.list_topics().await?;
+    infos.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut topics = Vec::with_capacity(infos.len());
+    for info in infos {
+        topics.push(describe_info(state.store.as_ref(), info).await?);
+    }
+    Ok(Json(TopicList { topics }))
+}
+
+pub(crate) async fn describe(
+    State(state): State<SharedState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<QueryPairs>, QueryRejection>,
+) -> Result<Json<impl Serialize>, ApiError> {
+    let topic = topic_param(path)?;
+    check_query(&query_pairs(query)?, &[])?;
+    let info = state.store.describe_topic(&topic).await?;
+    Ok(Json(describe_info(state.store.as_ref(), info).await?))
+}
+
+/// Validates the request's numbers and fills what it leaves out from the configured defaults.
+pub(crate) fn topic_config(
+    request: &CreateTopicRequest,
+    default: Retention,
+) -> Result<TopicConfig, ApiError> {
+    let partitions = request.partitions.unwrap_or(1);
+    if !(1..=MAX_PARTITIONS).contains(&partitions) {
+        return Err(ApiError::InvalidRequest(format!(
+            "partitions must be between 1 and {MAX_PARTITIONS}, got {partitions}"
+        )));
+    }
+    let max_age = match &request.retention {
+        None => default.max_age,
+        Some(text) => parse_retention(text).map_err(ApiError::InvalidRequest)?,
+    };
+    let max_bytes = match request.retention_bytes {
+        None => default.max_bytes,
+        Some(Some(0)) => {
+            return Err(ApiError::InvalidRequest(
+                "retention_bytes must be positive, or null for no size limit".to_owned(),
+            ));
+        }
+        Some(bytes) => bytes,
+    };
+    Ok(TopicConfig { partitions, retention: Retention { max_age, max_bytes } })
+}
+
+/// `"forever"` is no age limit; anything else is a humantime duration (`"90d"`, `"12h"`, `"1d 12h"`).
+pub(crate) fn parse_retention(text: &str) -> Result<Option<Duration>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("forever") {
+        return Ok(None);
+    }
+    let duration = humantime::parse_duration(text).map_err(|err| {
+        format!("retention '{text}' is neither \"forever\" nor a duration like \"90d\": {err}")
+    })?;
+    if duration.is_zero() {
+        return Err("retention must be longer than zero (use \"forever\" for no age limit)".to_owned());
+    }
+    Ok(Some(duration))
+}
+
+/// The inverse of [`parse_retention`], in whole units: `90d`, `12h`, `1d 12h`, `forever`.
+///
+/// Not `humantime::format_duration`, which would render 90 days as months and fractional days.
+pub(crate) fn format_retention(max_age: Option<Duration>) -> String {
+    let Some(age) = max_age else {
+        return "forever".to_owned();
+    };
+    const UNITS: [(u128, &str); 5] =
+        [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s"), (1, "ms")];
+    let mut rest = age.as_millis();
+    if rest == 0 {
+        return "0s".to_owned();
+    }
+    let mut parts = Vec::new();
+    for (unit_ms, suffix) in UNITS {
+        let count = rest / unit_ms;
+        if count > 0 {
+            parts.push(format!("{count}{suffix}"));
+            rest -= count * unit_ms;
+        }
+    }
+    parts.join(" ")
+}
+
+/// RFC 3339, UTC, millisecond precision, `Z`: the one timestamp format of the API.
+pub(crate) fn format_timestamp(ms: i64) -> String {
+    let at = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or(if ms < 0 {
+        DateTime::<Utc>::MIN_UTC
+    } else {
+        DateTime::<Utc>::MAX_UTC
+    });
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+async fn describe_info(store: &dyn LogStore, info: TopicInfo) -> Result<TopicDescription, ApiError> {
+    let mut offsets = Vec::with_capacity(info.partitions as usize);
+    for partition in 0..info.partitions {
+        let o = store.offsets(&info.name, partition).await?;
+        offsets.push(OffsetsOut { partition, earliest: o.earliest, latest: o.latest });
+    }
+    Ok(TopicDescription {
+        retention: format_retention(info.retention.max_age),
+        retention_bytes: info.retention.max_bytes,
+        created: format_timestamp(info.created_ms),
+        partitions: info.partitions,
+        name: info.name,
+        offsets,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: &str) -> CreateTopicRequest {
+        serde_json::from_str(json).expect("valid request")
+    }
+
+    #[test]
+    fn retention_round_trips_in_whole_units() {
+        for text in ["90d", "12h", "1d 12h", "30m", "45s", "1s 500ms", "forever"] {
+            let parsed = parse_retention(text).expect(text);
+            assert_eq!(format_retention(parsed), text);
+        }
+        assert_eq!(format_retention(Retention::DEFAULT.max_age), "90d");
+        assert_eq!(format_retention(Some(Duration::from_secs(36 * 3600))), "1d 12h");
+    }
+
+    #[test]
+    fn retention_refuses_garbage_and_zero() {
+        assert!(parse_retention("ninety days").is_err());
+        assert!(parse_retention("0s").is_err());
+        assert_eq!(parse_retention("FOREVER"), Ok(None));
+    }
+
+    #[test]
+    fn omitted_fields_take_the_configured_defaults() {
+        let default = Retention { max_age: Some(Duration::from_secs(3600)), max_bytes: Some(1 << 30) };
+        let config = topic_config(&request(r#"{"name":"t"}"#), default).expect("valid");
+        assert_eq!(config, TopicConfig { partitions: 1, retention: default });
+    }
+
+    #[test]
+    fn explicit_null_retention_bytes_means_no_size_limit() {
+        let default = Retention { max_age: None, max_bytes: Some(1 << 30) };
+        let config =
+            topic_config(&request(r#"{"name":"t","retention_bytes":null}"#), default).expect("valid");
+        assert_eq!(config.retention.max_bytes, None);
+        let config =
+            topic_config(&request(r#"{"name":"t","retention_bytes":1000}"#), default).expect("valid");
+        assert_eq!(config.retention.max_bytes, Some(1000));
+    }
+
+    #[test]
+    fn partitions_outside_1_to_1024_are_refused() {
+        for bad in [0, 1025] {
+            let json = format!(r#"{{"name":"t","partitions":{bad}}}"#);
+            assert!(topic_config(&request(&json), Retention::DEFAULT).is_err(), "{bad}");
+        }
+        let config = topic_config(
+            &request(r#"{"name":"t","partitions":1024,"retention":"forever"}"#),
+            Retention::DEFAULT,
+        )
+        .expect("valid");
+        assert_eq!((config.partitions, config.retention.max_age), (1024, None));
+    }
+
+    #[test]
+    fn unknown_request_fields_are_refused() {
+        assert!(serde_json::from_str::<CreateTopicRequest>(r#"{"name":"t","partition":3}"#).is_err());
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_milliseconds() {
+        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_timestamp(1_795_773_600_123), "2026-11-27T10:00:00.123Z");
+    }
+}
