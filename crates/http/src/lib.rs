@@ -184,7 +184,7 @@ pub async fn run(
         max_connections,
     );
 
-    tracing::info!(%address, max_connections, "HTTP API listening");
+    tracing::debug!(%address, max_connections, "HTTP API serving");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -1,0 +1,44 @@
+//! The `esgf-events` command: the ESGF Event Service server (`serve`) and its command-line clients (`topic`,
+//! `publish`, `consume`).
+//!
+//! The binary only parses the command line and picks a runtime; everything else lives here so that it can be
+//! tested and reused: [`config`] (the server's one typed configuration), [`serve`] (start-up and shutdown),
+//! [`client`] (the HTTP API client) and one module per client command.
+
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod consume;
+pub mod output;
+pub mod publish;
+pub mod serve;
+pub mod topic;
+
+use std::process::ExitCode;
+
+pub use cli::{Cli, Command};
+
+/// Runs a client command (anything but `serve`) to completion.
+pub async fn run_client(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(_) => anyhow::bail!("`serve` is not a client command"),
+        Command::Topic(args) => topic::run(args).await,
+        Command::Publish(args) => publish::run(args).await,
+        Command::Consume(args) => consume::run(args).await,
+    }
+}
+
+/// The process's exit status for `result`, after telling the user about a failure.
+///
+/// A closed stdout (`... | head`) is success: the reader stopped reading, nothing went wrong.
+pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if output::is_closed_stdout(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! `esgf-events serve`: the HTTP API over the embedded log, with its lifecycle.
+//!
+//! Start-up: install logging (text or JSON, to stderr), open the log (crash recovery happens here, on a
+//! blocking thread), bind the listener, then log exactly one `listening` event whose `http_addr` field is the
+//! bound address (tests bind port 0 and read it from there). A non-loopback address draws a warning: there is
+//! no TLS yet. A retention pass runs right after start-up (in the background, so it never delays readiness)
+//! and then every `storage.retention_check_interval`.
+//!
+//! Shutdown, on SIGINT or SIGTERM:
+//! 1. the listener stops accepting connections and `/readyz` turns 503;
+//! 2. requests in flight are drained: the HTTP server returns once they have been answered. Drain is bounded
+//!    by `http.max_wait` plus [`DRAIN_GRACE`]; a second signal cuts it short;
+//! 3. the retention task is stopped;
+//! 4. the log is shut down: appends in flight finish and everything is fsync'd;
+//! 5. "shutdown complete" is logged and the process exits 0.
+//!
+//! Every acknowledged event was already durable before its acknowledgement (unless `durability = "relaxed"`),
+//! so a forced stop loses nothing acknowledged; the steps above make even the relaxed mode lose nothing.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use esgf_events_engine::{Durability, EmbeddedConfig, EmbeddedStore, LogStore, Retention, SystemClock};
+use esgf_events_http::HttpConfig;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{DurabilityMode, LogFormat, LogSettings, ServeConfig, format_duration};
+
+/// How much longer than the longest long-poll the drain may take before the server stops waiting.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the server until SIGINT or SIGTERM, then shuts it down cleanly (see the module doc).
+pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    init_tracing(&config.log);
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        data_dir = %config.storage.data_dir.display(),
+        durability = %config.storage.durability,
+        default_retention = %config.storage.default_retention,
+        max_connections = config.http.max_connections,
+        "starting esgf-events"
+    );
+    // The engine itself warns when durability is relaxed.
+
+    let store = open_store(&config).await?;
+
+    // Installed before "listening" so that a signal sent as soon as the server is up is not lost.
+    let mut signals = Signals::install().context("installing signal handlers")?;
+
+    let listener = match TcpListener::bind(config.http.addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            close_store(store.as_ref()).await;
+            return Err(e).with_context(|| format!("cannot listen on {}", config.http.addr));
+        }
+    };
+    let http_addr = listener.local_addr().context("reading the bound address")?;
+    info!(%http_addr, "listening");
+    if !http_addr.ip().is_loopback() {
+        warn!(
+            %http_addr,
+            "listening on a non-loopback address WITHOUT TLS: events travel in clear text; put a TLS-terminating \
+             reverse proxy in front or bind to 127.0.0.1"
+        );
+    }
+
+    let (stop_retention, retention_stopped) = watch::channel(false);
+    let retention = tokio::spawn(retention_loop(
+        Arc::clone(&store),
+        config.storage.retention_check_interval,
+        retention_stopped,
+    ));
+
+    let (drain_tx, drain_rx) = oneshot::channel::<()>();
+    let (force_tx, force_rx) = oneshot::channel::<()>();
+    let drain_limit = config.http.max_wait + DRAIN_GRACE;
+    let watcher = tokio::spawn(async move {
+        let signal = signals.recv().await;
+        info!(signal, "shutdown requested: no longer accepting connections, draining requests in flight");
+        let _ = drain_tx.send(());
+        tokio::select! {
+            signal = signals.recv() => warn!(signal, "second signal: not waiting for requests in flight"),
+            () = tokio::time::sleep(drain_limit) => {
+                warn!(timeout = %format_duration(drain_limit), "drain timed out: not waiting for requests in flight");
+            }
+        }
+        let _ = force_tx.send(());
+    });
+
+    let server = esgf_events_http::run(listener, Arc::clone(&store), http_config(&config), async move {
+        // An error means the watcher is gone, which only happens on the way out: stop too.
+        let _ = drain_rx.await;
+    });
+    let served = tokio::select! {
+        result = server => result.context("HTTP server failed"),
+        _ = force_rx => Ok(()),
+    };
+    watcher.abort();
+    if let Err(e) = &served {
+        error!(error = %format!("{e:#}"), "HTTP server stopped unexpectedly");
+    }
+
+    let _ = stop_retention.send(true);
+    if let Err(e) = retention.await {
+        warn!(error = %e, "retention task ended abnormally");
+    }
+    let closed = store.shutdown().await.context("closing the event log");
+    match &closed {
+        Ok(()) => info!("shutdown complete: event log closed and synced"),
+        Err(e) => error!(error = %format!("{e:#}"), "event log did not close cleanly"),
+    }
+    served.and(closed)
+}
+
+/// Text to stderr unless asked for JSON. `log.level` was validated with the configuration; `RUST_LOG` was
+/// folded into it there.
+fn init_tracing(log: &LogSettings) {
+    let filter = EnvFilter::try_new(&log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour codes would split `http_addr=...` for whoever parses the log, so only for a terminal.
+    let installed = match log.format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    // Fails only if a subscriber is already installed (serve called twice in one process): keep that one.
+    if installed.is_err() {
+        debug!("a tracing subscriber was already installed; keeping it");
+    }
+}
+
+/// The engine's settings, from the service's.
+pub fn engine_config(config: &ServeConfig) -> EmbeddedConfig {
+    let s = &config.storage;
+    let mut engine = EmbeddedConfig::new(&s.data_dir);
+    engine.durability = match s.durability {
+        DurabilityMode::Fsync => Durability::FsyncBeforeAck,
+        DurabilityMode::Relaxed => Durability::Relaxed { interval: s.relaxed_fsync_interval },
+    };
+    engine.segment_max_bytes = s.segment_max_bytes;
+    engine.segment_max_age = s.segment_max_age;
+    // A batch the HTTP layer accepts must fit the engine: its encoding adds framing to each event's bytes.
+    let framing = config.http.max_batch_events.saturating_mul(64);
+    engine.max_batch_bytes = engine.max_batch_bytes.max(config.http.max_body_bytes.saturating_add(framing));
+    engine
+}
+
+/// The HTTP layer's settings, from the service's.
+pub fn http_config(config: &ServeConfig) -> HttpConfig {
+    let h = &config.http;
+    HttpConfig {
+        max_event_bytes: h.max_event_bytes,
+        max_batch_events: h.max_batch_events,
+        max_body_bytes: h.max_body_bytes,
+        max_wait: h.max_wait,
+        max_connections: h.max_connections,
+        default_retention: Retention { max_age: config.storage.default_retention.max_age(), max_bytes: None },
+        ..HttpConfig::default()
+    }
+}
+
+async fn open_store(config: &ServeConfig) -> anyhow::Result<Arc<dyn LogStore>> {
+    let engine = engine_config(config);
+    let data_dir = engine.data_dir.clone();
+    info!(data_dir = %data_dir.display(), "opening event log");
+    let started = Instant::now();
+    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(engine, Arc::new(SystemClock)))
+        .await
+        .context("the thread opening the event log failed")?
+        .with_context(|| format!("cannot open the event log in {}", data_dir.display()))?;
+    info!(elapsed_ms = started.elapsed().as_millis() as u64, "event log open");
+    Ok(Arc::new(store))
+}
+
+/// Best effort, on a start-up failure after the log was opened.
+async fn close_store(store: &dyn LogStore) {
+    if let Err(e) = store.shutdown().await {
+        error!(error = %e, "event log did not close cleanly");
+    }
+}
+
+/// Runs a retention pass at once, then every `every`, until `stop` turns true.
+async fn retention_loop(store: Arc<dyn LogStore>, every: Duration, mut stop: watch::Receiver<bool>) {
+    // The first tick fires immediately: data that expired while the service was down goes at start-up.
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        match store.enforce_retention().await {
+            Ok(report) if report.segments_deleted > 0 => info!(
+                segments_deleted = report.segments_deleted,
+                bytes_deleted = report.bytes_deleted,
+                "retention pass deleted expired segments"
+            ),
+            Ok(_) => debug!("retention pass: nothing expired"),
+            Err(e) => warn!(error = %e, "retention pass failed; will retry at the next interval"),
+        }
+    }
+}
+
+/// SIGINT and SIGTERM as one stream.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// The next signal's name.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.terminate.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "ctrl-c"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RetentionPeriod;
+    use async_trait::async_trait;
+    use esgf_events_engine::{
+        AppendOutcome, NewRecord, PartitionOffsets, ReadLimits, ReadResult, RetentionReport, StoreError,
+        TopicConfig, TopicInfo,
+    };
+    use tokio::sync::mpsc;
+
+    #[test]
+    fn engine_gets_the_storage_settings() {
+        let mut config = ServeConfig::default();
+        config.storage.durability = DurabilityMode::Relaxed;
+        config.storage.relaxed_fsync_interval = Duration::from_millis(50);
+        config.storage.segment_max_bytes = 4096;
+        config.storage.segment_max_age = Duration::from_secs(3600);
+        let engine = engine_config(&config);
+        assert_eq!(engine.data_dir, config.storage.data_dir);
+        assert_eq!(engine.durability, Durability::Relaxed { interval: Duration::from_millis(50) });
+        assert_eq!(engine.segment_max_bytes, 4096);
+        assert_eq!(engine.segment_max_age, Duration::from_secs(3600));
+        assert_eq!(engine_config(&ServeConfig::default()).durability, Durability::FsyncBeforeAck);
+    }
+
+    #[test]
+    fn engine_accepts_any_batch_the_http_layer_accepts() {
+        let mut config = ServeConfig::default();
+        config.http.max_body_bytes = 100 << 20;
+        let engine = engine_config(&config);
+        assert!(engine.max_batch_bytes >= config.http.max_body_bytes + config.http.max_batch_events * 24);
+    }
+
+    #[test]
+    fn http_layer_gets_the_limits_and_default_retention() {
+        let mut config = ServeConfig::default();
+        config.http.max_event_bytes = 10;
+        config.http.max_wait = Duration::from_secs(3);
+        config.storage.default_retention = RetentionPeriod::Forever;
+        let http = http_config(&config);
+        assert_eq!(http.max_event_bytes, 10);
+        assert_eq!(http.max_wait, Duration::from_secs(3));
+        assert_eq!(http.max_connections, config.http.max_connections);
+        assert_eq!(http.default_retention, Retention { max_age: None, max_bytes: None });
+        let default = http_config(&ServeConfig::default());
+        assert_eq!(default.default_retention, Retention::DEFAULT);
+    }
+
+    /// Reports each retention pass; refuses everything else.
+    struct RetentionProbe(mpsc::UnboundedSender<()>);
+
+    #[async_trait]
+    impl LogStore for RetentionProbe {
+        async fn create_topic(&self, _: &str, _: TopicConfig) -> Result<TopicInfo, StoreError> {
+            Err(StoreError::Backend("unused".into()))
+        }
+        async fn delete_topic(&self, _: &str) -> Result<(), StoreError> {
+            Err(StoreError::Backend("unused".into()))
+        }
+        async fn list_topics(&self) -> Result<Vec<TopicInfo>, StoreError> {
+            Err(StoreError::Backend("unused".into()))
+        }
+        async fn describe_topic(&self, _: &str) -> Result<TopicInfo, StoreError> {
+            Err(StoreError::Backend("unused".into()))
+        }
+        async fn set_retention(&self, _: &str, _: Retention) -> Result<TopicInfo, StoreError> {
+            Err(StoreError::Backend("unused".into()))
+        }
+        async fn append(&self, _: &str, _: u32, _: Vec<NewRecord>) -> Result<AppendOutcome, StoreError> {
+            Err(StoreError::Backend("unused".into()))
+        }
+        async fn read(&self, _: &str, _: u32, _: u64, _: ReadLimits) -> Result<ReadResult, StoreError> {
+            Err(StoreError::Backend("unused".into()))
+        }
+        async fn offsets(&self, _: &str, _: u32) -> Result<PartitionOffsets, StoreError> {
+            Err(StoreError::Backend("unused".into()))
+        }
+        async fn offset_for_timestamp(&self, _: &str, _: u32, _: i64) -> Result<Option<u64>, StoreError> {
+            Err(StoreError::Backend("unused".into()))
+        }
+        async fn wait_for(&self, _: &str, _: u32, _: u64, _: Duration) -> Result<bool, StoreError> {
+            Err(StoreError::Backend("unused".into()))
+        }
+        async fn enforce_retention(&self) -> Result<RetentionReport, StoreError> {
+            let _ = self.0.send(());
+            // A failing pass must not end the loop.
+            Err(StoreError::Backend("disk on fire".into()))
+        }
+        async fn shutdown(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn retention_runs_repeatedly_until_stopped_even_when_a_pass_fails() {
+        let (passes_tx, mut passes) = mpsc::unbounded_channel();
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(retention_loop(
+            Arc::new(RetentionProbe(passes_tx)),
+            Duration::from_millis(1),
+            stopped,
+        ));
+        for _ in 0..3 {
+            passes.recv().await.expect("a retention pass");
+        }
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+}
