@@ -257,6 +257,19 @@ async fn oversized_body_is_413_problem_json() {
     let reply = api.post("/v1/topics/t/events", r#"[{"a":1},{"a":2},{"a":3}]"#).await;
     assert_problem(&reply, 413, "body-too-large");
     assert_eq!(reply.body["max_bytes"], 16);
+    assert_eq!(reply.headers["connection"], "close", "the unread body makes the connection unusable");
+}
+
+#[tokio::test]
+async fn publish_refused_before_reading_the_body_closes_the_connection() {
+    let api = Api::new();
+    let reply = api.post("/v1/topics/nope/events", "{}").await;
+    assert_problem(&reply, 404, "topic-not-found");
+    assert_eq!(reply.headers["connection"], "close");
+    api.create_topic("t", 1).await;
+    let ok = api.post("/v1/topics/t/events", "{}").await;
+    assert_eq!(ok.status, 201);
+    assert!(ok.headers.get("connection").is_none(), "a successful publish keeps the connection");
 }
 
 #[tokio::test]

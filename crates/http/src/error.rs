@@ -222,8 +222,17 @@ impl IntoResponse for ApiError {
         let bytes = serde_json::to_vec(&self.problem()).unwrap_or_default();
         let mut response = (status, bytes).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if matches!(self, ApiError::BodyTooLarge { .. }) {
+            close_connection(&mut response);
+        }
         response
     }
+}
+
+/// Marks a response sent before the request body was read: the server will not read the rest of it, so the
+/// connection cannot be reused, and saying so keeps pooling clients from sending their next request into it.
+pub(crate) fn close_connection(response: &mut Response) {
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use crate::body::{
     QueryPairs, check_query, invalid_param, query_pairs, query_value, read_body, require_json, topic_param,
 };
-use crate::error::ApiError;
+use crate::error::{ApiError, close_connection};
 use crate::partitioner::partition_for_key;
 use crate::topics::format_timestamp;
 use crate::{DEFAULT_READ_LIMIT, HttpConfig, SharedState};
@@ -47,19 +47,38 @@ pub(crate) async fn publish(
     query: Result<Query<QueryPairs>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
-    let topic = topic_param(path)?;
-    let query = query_pairs(query)?;
-    check_query(&query, &["key"])?;
+) -> Result<Response, Response> {
+    // Refusals decided before the body is read close the connection (see `close_connection`).
+    let refuse = |err: ApiError| {
+        let mut response = err.into_response();
+        close_connection(&mut response);
+        response
+    };
+    let topic = topic_param(path).map_err(refuse)?;
+    let query = query_pairs(query).map_err(refuse)?;
+    check_query(&query, &["key"]).map_err(refuse)?;
     let query_key = match query_value(&query, "key") {
-        Some("") => return Err(invalid_param("key", "must not be empty; omit it to publish without a key")),
+        Some("") => {
+            return Err(refuse(invalid_param("key", "must not be empty; omit it to publish without a key")));
+        }
         Some(key) => Some(Bytes::copy_from_slice(key.as_bytes())),
         None => None,
     };
-    require_json(&headers)?;
+    require_json(&headers).map_err(refuse)?;
 
     // Before reading the body: an unknown topic should not cost us up to `max_body_bytes` of buffering.
-    let info = state.store.describe_topic(&topic).await?;
+    let info = state.store.describe_topic(&topic).await.map_err(|e| refuse(e.into()))?;
+    publish_body(state, topic, info, query_key, headers, body).await.map_err(IntoResponse::into_response)
+}
+
+async fn publish_body(
+    state: SharedState,
+    topic: String,
+    info: esgf_events_engine::TopicInfo,
+    query_key: Option<Bytes>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let body = read_body(&headers, body, state.config.max_body_bytes).await?;
     let events = split_events(&body, &state.config)?;
 
