@@ -1,0 +1,64 @@
+//! The service's state that is not events: principals and credential hashes, the topic catalogue, consumer-group
+//! offsets, the audit log. Small, changed rarely compared with events, and read far more often than written.
+//!
+//! [`MetaStore`] is a typed-agnostic key-value store with named collections plus append-only logs, so it maps
+//! onto an embedded database now ([`RedbMetaStore`], every commit fsync'd) and onto JetStream key-value buckets
+//! and streams later. Callers serialize their own values. Like the log engine, this crate knows nothing of HTTP,
+//! Kafka or JSON.
+
+mod redb_store;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use redb_store::RedbMetaStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("state store error while {context}: {detail}")]
+    Storage { context: &'static str, detail: String },
+    #[error("state store is closed")]
+    Closed,
+}
+
+/// One write of a multi-entry transaction: `value: None` deletes the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    pub collection: &'static str,
+    pub key: String,
+    pub value: Option<Bytes>,
+}
+
+/// A durable, transactional key-value store of named collections and append-only logs.
+///
+/// Every call returns only once its change is durable. Keys within a collection are ordered bytewise.
+#[async_trait]
+pub trait MetaStore: Send + Sync + 'static {
+    async fn get(&self, collection: &'static str, key: &str) -> Result<Option<Bytes>, MetaError>;
+    /// All entries whose key starts with `prefix`, in key order.
+    async fn scan(&self, collection: &'static str, prefix: &str) -> Result<Vec<(String, Bytes)>, MetaError>;
+    /// Applies all writes atomically: all of them or none.
+    async fn write(&self, writes: Vec<Write>) -> Result<(), MetaError>;
+    /// Sets `key` to `new` only if its current value is `expected` (`None` = absent). Returns whether it did.
+    async fn compare_and_set(
+        &self,
+        collection: &'static str,
+        key: &str,
+        expected: Option<Bytes>,
+        new: Option<Bytes>,
+    ) -> Result<bool, MetaError>;
+    /// Appends to an append-only log; returns the entry's sequence number (1, 2, 3, ...).
+    async fn append(&self, log: &'static str, entry: Bytes) -> Result<u64, MetaError>;
+    /// Entries with sequence number `> after`, oldest first, at most `limit`.
+    async fn read_log(&self, log: &'static str, after: u64, limit: usize) -> Result<Vec<(u64, Bytes)>, MetaError>;
+
+    async fn put(&self, collection: &'static str, key: &str, value: Bytes) -> Result<(), MetaError> {
+        self.write(vec![Write { collection, key: key.to_owned(), value: Some(value) }]).await
+    }
+    async fn delete(&self, collection: &'static str, key: &str) -> Result<(), MetaError> {
+        self.write(vec![Write { collection, key: key.to_owned(), value: None }]).await
+    }
+}
