@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use esgf_events_engine::{
-    Clock, EmbeddedConfig, EmbeddedStore, LogStore, NewRecord, ReadLimits, Retention, SystemClock, TopicConfig,
+    Clock, EmbeddedConfig, EmbeddedStore, LogStore, NewRecord, ReadLimits, Retention, SystemClock,
+    TopicConfig,
 };
 use esgf_events_http::HttpConfig;
 use serde::{Deserialize, Serialize};
@@ -78,6 +79,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         filesystem,
         events: pool.stats(&id_source),
         baseline: None,
+        baseline_after: None,
         engine_append: Vec::new(),
         http_publish: Vec::new(),
         replay: Vec::new(),
@@ -86,11 +88,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     eprintln!(
         "bench ({}): {} distinct events, mean {:.0} B, in {} ({})",
-        report.mode,
-        report.events.distinct,
-        report.events.mean_bytes,
-        report.work_dir,
-        report.filesystem
+        report.mode, report.events.distinct, report.events.mean_bytes, report.work_dir, report.filesystem
     );
 
     eprintln!("baseline: plain-file sequential write and fsync latency ...");
@@ -139,6 +137,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Err(err) => Restart::failed(plan.replay_bytes, &err),
     });
 
+    // Other load on the machine moves the disk's figures; a second baseline shows how much they moved.
+    eprintln!("baseline again, after the run ...");
+    report.baseline_after =
+        Some(measure_baseline(work.path().to_path_buf(), Arc::clone(&pool), plan.clone()).await?);
+
     report.targets = evaluate_targets(&report);
     print!("{}", render(&report));
     std::io::stdout().flush().context("writing to stdout")?;
@@ -183,9 +186,9 @@ impl Plan {
         Ok(if args.quick {
             Plan {
                 quick: true,
-                append_volume: 32 * MIB,
-                cell_duration: Duration::from_millis(500),
-                fsync_samples: 200,
+                append_volume: 64 * MIB,
+                cell_duration: Duration::from_secs(1),
+                fsync_samples: 500,
                 replay_bytes,
                 http_replay_duration: Duration::from_secs(1),
             }
@@ -515,7 +518,10 @@ struct Report {
     work_dir: String,
     filesystem: String,
     events: EventStats,
+    /// The baseline that every ratio uses, measured first.
     baseline: Option<Baseline>,
+    /// The same measurement at the end of the run: how much the disk's figures drifted meanwhile.
+    baseline_after: Option<Baseline>,
     engine_append: Vec<Row>,
     http_publish: Vec<Row>,
     replay: Vec<Row>,
@@ -792,11 +798,15 @@ async fn measure_engine_append(
 ) -> anyhow::Result<Row> {
     let topic: Arc<str> = format!("bench.append.b{batch}.p{producers}").into();
     create_topic(log, &topic).await?;
-    let budget = Budget { max_ops: pool.ops_for_volume(plan.append_volume, batch), duration: plan.cell_duration };
+    let budget =
+        Budget { max_ops: pool.ops_for_volume(plan.append_volume, batch), duration: plan.cell_duration };
     let run = drive(producers, budget, append_op(log, pool, &topic, batch)).await?;
     log.delete_topic(&topic).await.with_context(|| format!("deleting topic {topic}"))?;
     Ok(Row::new("engine append", batch, producers, run, baseline))
 }
+
+/// One load operation in flight: it yields the `(events, bytes)` it moved.
+type OpFuture = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<(u64, u64)>> + Send>>;
 
 /// The operation "append the `i`-th batch of `batch` pool events to partition 0 of `topic`".
 fn append_op(
@@ -804,8 +814,7 @@ fn append_op(
     pool: &Arc<EventPool>,
     topic: &Arc<str>,
     batch: usize,
-) -> impl Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<(u64, u64)>> + Send>> + Send + Sync + 'static
-{
+) -> impl Fn(u64) -> OpFuture + Send + Sync + 'static {
     let (log, pool, topic) = (Arc::clone(log), Arc::clone(pool), Arc::clone(topic));
     move |i| {
         let (records, bytes) = pool.records(i as usize * batch, batch);
@@ -829,14 +838,16 @@ struct InProcessServer {
 
 impl InProcessServer {
     async fn start(log: Arc<dyn LogStore>) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
+        let listener =
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
         let address = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(esgf_events_http::run(listener, log, HttpConfig::default(), async move {
             // Either a stop request or the sender dropping on an error path: both mean stop.
             let _ = stopped.await;
         }));
-        let server = InProcessServer { base_url: format!("http://{address}"), client: http_client()?, stop, task };
+        let server =
+            InProcessServer { base_url: format!("http://{address}"), client: http_client()?, stop, task };
         wait_ready(&server.client, &server.base_url, Instant::now() + READY_TIMEOUT).await?;
         Ok(server)
     }
@@ -898,7 +909,8 @@ async fn measure_http_publish(
     });
     let url = format!("{}/v1/topics/{topic}/events", server.base_url);
     let client = server.client.clone();
-    let budget = Budget { max_ops: pool.ops_for_volume(plan.append_volume, batch), duration: plan.cell_duration };
+    let budget =
+        Budget { max_ops: pool.ops_for_volume(plan.append_volume, batch), duration: plan.cell_duration };
     let run = drive(clients, budget, move |i| {
         let (body, bytes) = bodies[i as usize % bodies.len()].clone();
         let request =
@@ -939,7 +951,8 @@ async fn fill_replay_topic(
 ) -> anyhow::Result<Row> {
     create_topic(log, REPLAY_TOPIC).await?;
     let topic: Arc<str> = REPLAY_TOPIC.into();
-    let budget = Budget { max_ops: pool.ops_for_volume(plan.replay_bytes, REPLAY_BATCH), duration: FILL_TIMEOUT };
+    let budget =
+        Budget { max_ops: pool.ops_for_volume(plan.replay_bytes, REPLAY_BATCH), duration: FILL_TIMEOUT };
     let run = drive(REPLAY_PRODUCERS, budget, append_op(log, pool, &topic, REPLAY_BATCH)).await?;
     Ok(Row::new("replay fill (engine append)", REPLAY_BATCH, REPLAY_PRODUCERS, run, baseline))
 }
@@ -981,7 +994,11 @@ struct PageEvent<'a> {
 
 /// Reads the replay topic from offset 0 through HTTP, 1000 events per request, for at most
 /// `plan.http_replay_duration`.
-async fn measure_http_replay(server: &InProcessServer, plan: &Plan, baseline: &Baseline) -> anyhow::Result<Row> {
+async fn measure_http_replay(
+    server: &InProcessServer,
+    plan: &Plan,
+    baseline: &Baseline,
+) -> anyhow::Result<Row> {
     const LIMIT: usize = 1000;
     let url = format!("{}/v1/topics/{REPLAY_TOPIC}/events", server.base_url);
     let mut run = Run::default();
@@ -994,7 +1011,11 @@ async fn measure_http_replay(server: &InProcessServer, plan: &Plan, baseline: &B
         let response = server.client.get(&page_url).send().await?;
         let status = response.status();
         let body = response.bytes().await?;
-        ensure!(status == reqwest::StatusCode::OK, "read answered {status}: {}", String::from_utf8_lossy(&body));
+        ensure!(
+            status == reqwest::StatusCode::OK,
+            "read answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
         let page: EventsPage = serde_json::from_slice(&body).context("decoding a page of events")?;
         run.latencies.push(began.elapsed());
         if page.events.is_empty() {
@@ -1026,7 +1047,11 @@ async fn measure_restart(data_dir: &Path, pool: &EventPool, log_bytes: u64) -> a
             .body(pool.event(i as usize).clone())
             .send()
             .await?;
-        ensure!(response.status() == reqwest::StatusCode::CREATED, "publish to the child answered {}", response.status());
+        ensure!(
+            response.status() == reqwest::StatusCode::CREATED,
+            "publish to the child answered {}",
+            response.status()
+        );
     }
     let end_before = log_end(&client, &first.base_url).await?;
     first.kill();
@@ -1073,7 +1098,11 @@ struct ChildServer {
 impl ChildServer {
     /// Spawns `serve` on `data_dir` with an ephemeral port and waits until `/readyz` answers 200. Returns the time
     /// from spawn to ready.
-    async fn spawn(exe: &Path, data_dir: &Path, client: &reqwest::Client) -> anyhow::Result<(Self, Duration)> {
+    async fn spawn(
+        exe: &Path,
+        data_dir: &Path,
+        client: &reqwest::Client,
+    ) -> anyhow::Result<(Self, Duration)> {
         let started = Instant::now();
         let mut child = Command::new(exe)
             .arg("serve")
@@ -1097,10 +1126,11 @@ impl ChildServer {
             let mut found = Some(found);
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = found.as_ref().and_then(|_| bound_address(&line)) {
-                    if let Some(found) = found.take() {
-                        let _ = found.send(addr);
-                    }
+                if found.is_some()
+                    && let Some(addr) = bound_address(&line)
+                    && let Some(found) = found.take()
+                {
+                    let _ = found.send(addr);
                 }
                 let mut tail = tail_writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 if tail.len() == STDERR_TAIL {
@@ -1116,13 +1146,18 @@ impl ChildServer {
         };
         let address = match tokio::time::timeout(READY_TIMEOUT, address).await {
             Ok(Ok(address)) => address,
-            Ok(Err(_)) => bail!("serve exited without logging its http_addr; its stderr ended with:\n{}", describe_tail()),
-            Err(_) => bail!("serve logged no http_addr within {READY_TIMEOUT:?}; stderr:\n{}", describe_tail()),
+            Ok(Err(_)) => bail!(
+                "serve exited without logging its http_addr; its stderr ended with:\n{}",
+                describe_tail()
+            ),
+            Err(_) => {
+                bail!("serve logged no http_addr within {READY_TIMEOUT:?}; stderr:\n{}", describe_tail())
+            }
         };
         server.base_url = format!("http://{address}");
-        wait_ready(client, &server.base_url, started + READY_TIMEOUT)
-            .await
-            .with_context(|| format!("waiting for the serve child; its stderr ended with:\n{}", describe_tail()))?;
+        wait_ready(client, &server.base_url, started + READY_TIMEOUT).await.with_context(|| {
+            format!("waiting for the serve child; its stderr ended with:\n{}", describe_tail())
+        })?;
         Ok((server, started.elapsed()))
     }
 
@@ -1235,7 +1270,9 @@ fn unescape_mount_path(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
         match octal {
             Some(d) => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
@@ -1348,6 +1385,13 @@ fn render(report: &Report) -> String {
         "  append ~2 KB + fdatasync, {} times: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         b.fsync.samples, b.fsync.p50_ms, b.fsync.p99_ms, b.fsync.max_ms
     );
+    if let Some(a) = &report.baseline_after {
+        let _ = writeln!(
+            out,
+            "  again after the run (ratios use the first): {:.0} MB/s; fsync p50 {:.2} ms, p99 {:.2} ms",
+            a.seq_write_mb_per_s, a.fsync.p50_ms, a.fsync.p99_ms
+        );
+    }
 
     let header = format!(
         "  {:<30} {:>6} {:>6} {:>11} {:>13} {:>8} {:>9} {:>9} {:>8} {:>8}",
@@ -1376,10 +1420,17 @@ fn render(report: &Report) -> String {
             );
         }
     }
-    let _ = writeln!(out, "  (MB/s counts event bytes; xSeqWr = MB/s / baseline MB/s; xFsync99 = p99 / fsync p99)");
+    let _ = writeln!(
+        out,
+        "  (MB/s counts event bytes; xSeqWr = MB/s / baseline MB/s; xFsync99 = p99 / fsync p99)"
+    );
 
     if let Some(r) = &report.restart {
-        let _ = writeln!(out, "\nRestart of `serve` with a {:.2} GB log (spawn to /readyz 200)", r.log_bytes as f64 / 1e9);
+        let _ = writeln!(
+            out,
+            "\nRestart of `serve` with a {:.2} GB log (spawn to /readyz 200)",
+            r.log_bytes as f64 / 1e9
+        );
         let fmt = |v: Option<f64>| v.map_or_else(|| "-".into(), |ms| format!("{ms:.0} ms"));
         let _ = writeln!(out, "  start after clean shutdown: {}", fmt(r.start_after_shutdown_ms));
         let _ = writeln!(out, "  restart after kill -9:      {}", fmt(r.restart_after_kill_ms));
@@ -1441,8 +1492,13 @@ mod tests {
 
     #[test]
     fn malformed_dataset_ids_are_rejected() {
-        for bad in ["", "CMIP6.a.b", "CMIP7.a.b.c.d.e.f.g.h.v1", "CMIP6.a.b.c.d.e.f.g.h.20200101", "CMIP6..b.c.d.e.f.g.h.v1"]
-        {
+        for bad in [
+            "",
+            "CMIP6.a.b",
+            "CMIP7.a.b.c.d.e.f.g.h.v1",
+            "CMIP6.a.b.c.d.e.f.g.h.20200101",
+            "CMIP6..b.c.d.e.f.g.h.v1",
+        ] {
             assert_eq!(DatasetId::parse(bad), None, "{bad}");
         }
     }
@@ -1480,8 +1536,10 @@ mod tests {
     #[test]
     fn bound_address_is_found_in_text_coloured_and_json_logs() {
         let want: SocketAddr = "127.0.0.1:41234".parse().expect("address");
-        let text = "2026-11-27T10:00:00Z  INFO esgf_events::serve: listening http_addr=127.0.0.1:41234 data_dir=./d";
-        let coloured = "\u{1b}[32m INFO\u{1b}[0m \u{1b}[3mhttp_addr\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:41234";
+        let text =
+            "2026-11-27T10:00:00Z  INFO esgf_events::serve: listening http_addr=127.0.0.1:41234 data_dir=./d";
+        let coloured =
+            "\u{1b}[32m INFO\u{1b}[0m \u{1b}[3mhttp_addr\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:41234";
         let json = r#"{"fields":{"message":"listening","http_addr":"127.0.0.1:41234"}}"#;
         for line in [text, coloured, json] {
             assert_eq!(bound_address(line), Some(want), "{line}");

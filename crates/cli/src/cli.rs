@@ -28,6 +28,8 @@ pub enum Command {
     Publish(PublishArgs),
     /// Print a topic's events to stdout as NDJSON.
     Consume(ConsumeArgs),
+    /// Measure the engine, the HTTP API and the disk baseline (see README "Benchmarks").
+    Bench(crate::bench::BenchArgs),
 }
 
 #[cfg(test)]

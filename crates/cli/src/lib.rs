@@ -22,7 +22,7 @@ pub use cli::{Cli, Command};
 /// Runs a client command (anything but `serve`) to completion.
 pub async fn run_client(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(_) => anyhow::bail!("`serve` is not a client command"),
+        Command::Serve(_) | Command::Bench(_) => anyhow::bail!("not a client command"),
         Command::Topic(args) => topic::run(args).await,
         Command::Publish(args) => publish::run(args).await,
         Command::Consume(args) => consume::run(args).await,

@@ -25,6 +25,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.shutdown_timeout(Duration::from_secs(5));
             result
         }
+        // Producers, readers and the in-process server must be able to use both cores.
+        Command::Bench(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(esgf_events::bench::run(args)),
         command => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -53,6 +53,9 @@ pub struct EmbeddedConfig {
     pub max_batch_bytes: usize,
     /// Appends queued per partition before producers wait (backpressure).
     pub write_queue_depth: usize,
+    /// Bytes of appends queued or in flight per partition before producers wait (backpressure that bounds
+    /// memory whatever the batch size). A single batch larger than this still goes through, alone.
+    pub write_queue_bytes: usize,
 }
 
 impl EmbeddedConfig {
@@ -65,6 +68,7 @@ impl EmbeddedConfig {
             index_interval_bytes: 4096,
             max_batch_bytes: 32 << 20,
             write_queue_depth: 4096,
+            write_queue_bytes: 64 << 20,
         }
     }
 }
@@ -131,6 +135,7 @@ impl EmbeddedStore {
             index_interval: config.index_interval_bytes.max(1),
             max_batch_bytes: config.max_batch_bytes,
             queue_depth: config.write_queue_depth,
+            queue_bytes: config.write_queue_bytes,
         });
         let mut topics = BTreeMap::new();
         let topics_dir = root.join("topics");

@@ -33,10 +33,22 @@ pub struct Settings {
     pub index_interval: u32,
     pub max_batch_bytes: usize,
     pub queue_depth: usize,
+    pub queue_bytes: usize,
+}
+
+impl Settings {
+    /// The most an active segment can hold: it rolls before passing `segment_max_bytes`, except that one
+    /// batch may land in an empty segment whatever its size.
+    fn active_map_len(&self) -> u64 {
+        self.segment_max_bytes + self.max_batch_bytes as u64
+    }
 }
 
 /// Most appends one group commit takes, so one fsync never waits behind an unbounded amount of work.
 const MAX_GROUP: usize = 4096;
+/// Bytes after which a group is written and synced even if more appends are waiting: keeps the latency of
+/// the first append in a group bounded when producers send large batches.
+const MAX_GROUP_BYTES: usize = 8 << 20;
 /// Read-ahead per disk read when the caller allows more bytes.
 const MIN_READ_CHUNK: usize = 64 << 10;
 const MAX_READ_CHUNK: usize = 8 << 20;
@@ -93,6 +105,8 @@ struct Shared {
 /// A partition's handle: dropping it stops its writer after the queued appends.
 pub struct Partition {
     shared: Arc<Shared>,
+    /// Permits = bytes of appends queued or in flight.
+    queued_bytes: Arc<tokio::sync::Semaphore>,
     tx: Mutex<Option<mpsc::Sender<Cmd>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -130,7 +144,8 @@ impl Partition {
             .name(format!("log-writer-{topic}-{id}"))
             .spawn(move || writer_loop(&writer_shared, rx))
             .map_err(|e| StoreError::io("starting a partition writer", e))?;
-        Ok(Partition { shared, tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(handle)) })
+        let queued_bytes = Arc::new(tokio::sync::Semaphore::new(settings.queue_bytes.max(1)));
+        Ok(Partition { shared, queued_bytes, tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(handle)) })
     }
 
     pub async fn append(&self, records: Vec<NewRecord>) -> Result<AppendOutcome, StoreError> {
@@ -144,6 +159,9 @@ impl Partition {
                 max: self.shared.settings.max_batch_bytes,
             });
         }
+        // Held until the append is acknowledged; capped so one huge batch can still pass alone.
+        let permits = approx.clamp(1, self.shared.settings.queue_bytes.max(1)) as u32;
+        let _permit = self.queued_bytes.acquire_many(permits).await.map_err(|_| StoreError::ShuttingDown)?;
         let (reply, rx) = oneshot::channel();
         self.send(Cmd::Append { records, reply }).await?;
         rx.await.map_err(|_| StoreError::ShuttingDown)?
@@ -581,15 +599,17 @@ fn recover(topic: &str, id: u32, dir: &Path, settings: &Settings) -> Result<Stat
         }
     }
     if bases.is_empty() {
-        SegmentFile::open(dir, 0, true)?;
+        SegmentFile::open(dir, 0, true, 0)?;
         sync_dir(dir)?;
         bases.push(0);
     }
     let active_base = *bases.last().expect("at least one segment");
     let mut sealed = VecDeque::new();
     for (i, &base) in bases[..bases.len() - 1].iter().enumerate() {
-        let file = Arc::new(SegmentFile::open(dir, base, false)?);
-        let size = file.len()?;
+        let size = std::fs::metadata(dir.join(segment::log_name(base)))
+            .map_err(|e| StoreError::io(format!("reading the size of segment {base}"), e))?
+            .len();
+        let file = Arc::new(SegmentFile::open(dir, base, false, size)?);
         let next_offset = bases[i + 1];
         let max_ts = match file.sealed_index().ok().and_then(|(_, times)| index::last_time(times)) {
             Some(ts) => ts,
@@ -601,7 +621,7 @@ fn recover(topic: &str, id: u32, dir: &Path, settings: &Settings) -> Result<Stat
                         reason = ?scan.stopped, "sealed segment is damaged; its damaged records will not be served");
                 }
                 file.write_sealed_index(&scan.index)?;
-                let rebuilt = Arc::new(SegmentFile::open(dir, base, false)?);
+                let rebuilt = Arc::new(SegmentFile::open(dir, base, false, size)?);
                 sealed.push_back(Sealed {
                     file: rebuilt,
                     next_offset,
@@ -613,7 +633,7 @@ fn recover(topic: &str, id: u32, dir: &Path, settings: &Settings) -> Result<Stat
         };
         sealed.push_back(Sealed { file, next_offset, size, max_ts });
     }
-    let file = Arc::new(SegmentFile::open(dir, active_base, false)?);
+    let file = Arc::new(SegmentFile::open(dir, active_base, false, settings.active_map_len())?);
     for stale in [file.index_path(), file.timeindex_path()] {
         let _ = std::fs::remove_file(stale);
     }
@@ -738,6 +758,9 @@ fn process(shared: &Shared, cmds: Vec<Cmd>, buf: &mut Vec<u8>) {
                     reply,
                     AppendOutcome { base_offset: h.base_offset, last_offset: h.last_offset() },
                 ));
+                if pending.buf.len() >= MAX_GROUP_BYTES {
+                    pending = flush(shared, pending);
+                }
             }
             Cmd::Roll { expire_before, reply } => {
                 let now = shared.clock.now_ms();
@@ -866,7 +889,7 @@ fn roll(shared: &Shared) -> Result<(), StoreError> {
     index.times.extend_from_slice(&max_ts.unwrap_or(i64::MIN).to_le_bytes());
     index.times.extend_from_slice(&last_rel.to_le_bytes());
     old.write_sealed_index(&index)?;
-    let new = Arc::new(SegmentFile::open(&shared.dir, next_offset, true)?);
+    let new = Arc::new(SegmentFile::open(&shared.dir, next_offset, true, shared.settings.active_map_len())?);
     sync_dir(&shared.dir)?;
     let mut st = shared.write_state();
     st.sealed.push_back(Sealed { file: old, next_offset, size: len, max_ts: max_ts.unwrap_or(i64::MIN) });

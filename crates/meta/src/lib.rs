@@ -53,7 +53,12 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Appends to an append-only log; returns the entry's sequence number (1, 2, 3, ...).
     async fn append(&self, log: &'static str, entry: Bytes) -> Result<u64, MetaError>;
     /// Entries with sequence number `> after`, oldest first, at most `limit`.
-    async fn read_log(&self, log: &'static str, after: u64, limit: usize) -> Result<Vec<(u64, Bytes)>, MetaError>;
+    async fn read_log(
+        &self,
+        log: &'static str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Bytes)>, MetaError>;
 
     async fn put(&self, collection: &'static str, key: &str, value: Bytes) -> Result<(), MetaError> {
         self.write(vec![Write { collection, key: key.to_owned(), value: Some(value) }]).await

@@ -90,7 +90,9 @@ impl MetaStore for RedbMetaStore {
             for w in &writes {
                 let mut table = txn.open_table(kv(w.collection)).map_err(|e| err("writing")(e.into()))?;
                 match &w.value {
-                    Some(v) => drop(table.insert(w.key.as_str(), v.as_ref()).map_err(|e| err("writing")(e.into()))?),
+                    Some(v) => {
+                        drop(table.insert(w.key.as_str(), v.as_ref()).map_err(|e| err("writing")(e.into()))?)
+                    }
                     None => drop(table.remove(w.key.as_str()).map_err(|e| err("writing")(e.into()))?),
                 }
             }
@@ -119,7 +121,9 @@ impl MetaStore for RedbMetaStore {
                     return Ok(false);
                 }
                 match &new {
-                    Some(v) => drop(table.insert(key.as_str(), v.as_ref()).map_err(|e| err("writing")(e.into()))?),
+                    Some(v) => {
+                        drop(table.insert(key.as_str(), v.as_ref()).map_err(|e| err("writing")(e.into()))?)
+                    }
                     None => drop(table.remove(key.as_str()).map_err(|e| err("writing")(e.into()))?),
                 }
             }
@@ -134,7 +138,8 @@ impl MetaStore for RedbMetaStore {
             let txn = db.begin_write().map_err(|e| err("appending")(e.into()))?;
             let seq = {
                 let mut table = txn.open_table(log_table(log)).map_err(|e| err("appending")(e.into()))?;
-                let last = table.last().map_err(|e| err("appending")(e.into()))?.map_or(0, |(k, _)| k.value());
+                let last =
+                    table.last().map_err(|e| err("appending")(e.into()))?.map_or(0, |(k, _)| k.value());
                 let seq = last + 1;
                 table.insert(seq, entry.as_ref()).map_err(|e| err("appending")(e.into()))?;
                 seq
@@ -145,7 +150,12 @@ impl MetaStore for RedbMetaStore {
         .await
     }
 
-    async fn read_log(&self, log: &'static str, after: u64, limit: usize) -> Result<Vec<(u64, Bytes)>, MetaError> {
+    async fn read_log(
+        &self,
+        log: &'static str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Bytes)>, MetaError> {
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(|e| err("reading log")(e.into()))?;
             let table = match txn.open_table(log_table(log)) {
