@@ -33,7 +33,7 @@ impl Api {
 
     fn with_config(config: HttpConfig) -> Self {
         let store = Arc::new(FakeStore::new());
-        let state = Arc::new(AppState::new(store.clone(), config));
+        let state = Arc::new(AppState::new(store.clone(), None, config));
         Api { app: build_router(state.clone()), store, state }
     }
 
@@ -111,6 +111,8 @@ async fn create_topic_returns_201_with_location_and_description() {
             "retention": "12h",
             "retention_bytes": null,
             "created": "2026-11-27T10:00:00.000Z",
+            // No access control: everything is readable without credentials.
+            "public": true,
             "offsets": [
                 {"partition": 0, "earliest": 0, "latest": 0},
                 {"partition": 1, "earliest": 0, "latest": 0},
@@ -533,4 +535,46 @@ async fn wrong_method_is_405_problem_with_allow() {
 async fn undecodable_path_is_400_problem() {
     let api = Api::new();
     assert_problem(&api.get("/v1/topics/%FF/events").await, 400, "invalid-request");
+}
+
+// --- without access control --------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn topic_retention_can_be_patched_without_access_control() {
+    let api = Api::new();
+    api.create_topic("t", 1).await;
+    let reply =
+        api.call(Method::PATCH, "/v1/topics/t", r#"{"retention":"forever","retention_bytes":4096}"#).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!((&reply.body["retention"], &reply.body["retention_bytes"]), (&json!("forever"), &json!(4096)));
+    let reply = api.call(Method::PATCH, "/v1/topics/t", r#"{"retention_bytes":null}"#).await;
+    assert_eq!((&reply.body["retention"], &reply.body["retention_bytes"]), (&json!("forever"), &Value::Null));
+    assert_problem(&api.call(Method::PATCH, "/v1/topics/nope", "{}").await, 404, "topic-not-found");
+    assert_problem(
+        &api.call(Method::PATCH, "/v1/topics/t", r#"{"retention":"x"}"#).await,
+        400,
+        "invalid-request",
+    );
+}
+
+#[tokio::test]
+async fn access_control_routes_say_it_is_disabled() {
+    let api = Api::new();
+    api.create_topic("t", 1).await;
+    assert_problem(
+        &api.call(Method::PATCH, "/v1/topics/t", r#"{"public":true}"#).await,
+        501,
+        "access-control-disabled",
+    );
+    for (method, uri) in [
+        (Method::GET, "/v1/producers"),
+        (Method::POST, "/v1/consumers"),
+        (Method::GET, "/v1/producers/p"),
+        (Method::POST, "/v1/consumers/c/rotate"),
+        (Method::DELETE, "/v1/producers/p"),
+        (Method::GET, "/v1/audit"),
+    ] {
+        let reply = api.call(method.clone(), uri, r#"{"name":"p"}"#).await;
+        assert_problem(&reply, 501, "access-control-disabled");
+    }
 }

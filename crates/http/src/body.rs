@@ -53,8 +53,8 @@ pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// The `{topic}` path segment, or a problem+json 400 if it is not valid percent-encoded UTF-8.
-pub(crate) fn topic_param(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+/// The one path parameter (`{topic}`, `{name}`), or a problem+json 400 if it is not valid percent-encoded UTF-8.
+pub(crate) fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     path.map(|Path(topic)| topic).map_err(|rejection| ApiError::InvalidRequest(rejection.body_text()))
 }
 

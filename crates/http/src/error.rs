@@ -3,8 +3,11 @@
 //! Every handler returns [`ApiError`]; its [`kind`](ApiError::kind) is the stable part of the problem `type` URN
 //! (`urn:esgf-events:problem:<kind>`) that clients branch on, so a kind is never renamed or reused.
 
+use std::time::Duration;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use esgf_events_auth::{AdminError, AuthError, Denied, RateLimited};
 use esgf_events_engine::StoreError;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -42,12 +45,38 @@ pub(crate) enum ApiError {
     MethodNotAllowed { method: String, path: String },
     #[error("the service is shutting down")]
     ShuttingDown,
+    /// No usable credentials: none where the action needs a principal, or ones that did not authenticate.
+    #[error("{detail}")]
+    Unauthenticated { detail: String, invalid_token: bool },
+    #[error(transparent)]
+    Forbidden(#[from] Denied),
+    /// `policy` names the limit in the `RateLimit` headers: `"publish"` or `"anonymous"`.
+    #[error("{limited}")]
+    RateLimited { policy: &'static str, limited: RateLimited },
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("access control is not enabled on this server")]
+    AccessControlDisabled,
 }
 
 impl ApiError {
     /// A JSON syntax error, keeping serde_json's position so the client can find the mistake.
     pub(crate) fn malformed_json(err: &serde_json::Error) -> Self {
         ApiError::MalformedJson { message: err.to_string(), line: err.line(), column: err.column() }
+    }
+
+    /// A JSON body that parsed but does not fit the expected shape is the client's request at fault, named
+    /// as such; a syntax error keeps its position.
+    pub(crate) fn bad_body(what: &str, err: &serde_json::Error) -> Self {
+        match err.classify() {
+            serde_json::error::Category::Data => ApiError::InvalidRequest(format!("invalid {what}: {err}")),
+            _ => ApiError::malformed_json(err),
+        }
+    }
+
+    /// Credentials were presented and refused. The detail never repeats them.
+    pub(crate) fn invalid_credentials(err: &AuthError) -> Self {
+        ApiError::Unauthenticated { detail: err.to_string(), invalid_token: true }
     }
 
     /// The stable problem kind: the last segment of the `type` URN.
@@ -76,13 +105,31 @@ impl ApiError {
             ApiError::RouteNotFound { .. } => "route-not-found",
             ApiError::MethodNotAllowed { .. } => "method-not-allowed",
             ApiError::ShuttingDown => "shutting-down",
+            ApiError::Unauthenticated { .. } => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::RateLimited { .. } => "rate-limited",
+            ApiError::Admin(e) => match e {
+                AdminError::Exists(what, _) if *what == "topic" => "topic-exists",
+                AdminError::NotFound(what, _) if *what == "topic" => "topic-not-found",
+                AdminError::Exists(..) => "principal-exists",
+                AdminError::NotFound(..) => "principal-not-found",
+                AdminError::Invalid(_) => "invalid-request",
+                AdminError::Meta(_) => "storage-error",
+            },
+            ApiError::AccessControlDisabled => "access-control-disabled",
         }
     }
 
     pub(crate) fn status(&self) -> StatusCode {
         match self.kind() {
-            "topic-not-found" | "partition-not-found" | "route-not-found" => StatusCode::NOT_FOUND,
-            "topic-exists" => StatusCode::CONFLICT,
+            "topic-not-found" | "partition-not-found" | "principal-not-found" | "route-not-found" => {
+                StatusCode::NOT_FOUND
+            }
+            "topic-exists" | "principal-exists" => StatusCode::CONFLICT,
+            "unauthenticated" => StatusCode::UNAUTHORIZED,
+            "forbidden" => StatusCode::FORBIDDEN,
+            "rate-limited" => StatusCode::TOO_MANY_REQUESTS,
+            "access-control-disabled" => StatusCode::NOT_IMPLEMENTED,
             "offset-out-of-range" => StatusCode::RANGE_NOT_SATISFIABLE,
             "event-too-large" | "batch-too-large" | "body-too-large" => StatusCode::PAYLOAD_TOO_LARGE,
             "unsupported-media-type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -113,6 +160,12 @@ impl ApiError {
             "corrupt-data" => "Corrupt data",
             "storage-error" => "Storage error",
             "shutting-down" => "Shutting down",
+            "unauthenticated" => "Authentication required",
+            "forbidden" => "Forbidden",
+            "rate-limited" => "Rate limit exceeded",
+            "principal-exists" => "Principal already exists",
+            "principal-not-found" => "Principal not found",
+            "access-control-disabled" => "Access control disabled",
             _ => "Invalid request",
         }
     }
@@ -125,6 +178,9 @@ impl ApiError {
             }
             ApiError::Store(StoreError::Io { .. } | StoreError::Backend(_)) => {
                 "the storage backend failed; the details are in the server log".to_owned()
+            }
+            ApiError::Admin(AdminError::Meta(_)) => {
+                "the state store failed; the details are in the server log".to_owned()
             }
             other => other.to_string(),
         }
@@ -167,6 +223,18 @@ impl ApiError {
             ApiError::BodyTooLarge { max } => json!({ "max_bytes": max }),
             ApiError::InvalidQuery { parameters, .. } if !parameters.is_empty() => {
                 json!({ "parameters": parameters })
+            }
+            ApiError::Forbidden(denied) => {
+                json!({ "principal": denied.principal, "action": denied.action, "missing": denied.missing })
+            }
+            ApiError::RateLimited { policy, limited } => json!({
+                "policy": policy,
+                "retry_after_seconds": whole_seconds(limited.retry_after),
+                "limit": limited.limit,
+                "remaining": limited.remaining,
+            }),
+            ApiError::Admin(AdminError::Exists(what, name) | AdminError::NotFound(what, name)) => {
+                if *what == "topic" { json!({ "topic": name }) } else { json!({ "principal": name }) }
             }
             _ => return Map::new(),
         };
@@ -225,8 +293,40 @@ impl IntoResponse for ApiError {
         if matches!(self, ApiError::BodyTooLarge { .. }) {
             close_connection(&mut response);
         }
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unauthenticated { invalid_token, .. } => {
+                // RFC 6750 section 3.1: no error code when no credentials were sent at all.
+                let challenge = if *invalid_token {
+                    r#"Bearer realm="esgf-events", error="invalid_token""#
+                } else {
+                    r#"Bearer realm="esgf-events""#
+                };
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            }
+            ApiError::RateLimited { policy, limited } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds(limited.retry_after)));
+                // draft-ietf-httpapi-ratelimit-headers: the policy (quota per 1 s window) and what is left of it.
+                let policy_header = format!(r#""{policy}";q={};w=1"#, limited.limit);
+                let state_header =
+                    format!(r#""{policy}";r={};t={}"#, limited.remaining, whole_seconds(limited.reset));
+                for (name, value) in [("ratelimit-policy", policy_header), ("ratelimit", state_header)] {
+                    if let Ok(value) = HeaderValue::from_str(&value) {
+                        headers.insert(name, value);
+                    }
+                }
+            }
+            _ => {}
+        }
         response
     }
+}
+
+/// Seconds for `Retry-After` and friends: rounded up (retrying early would only be refused again), at least 1.
+fn whole_seconds(duration: Duration) -> u64 {
+    let whole = duration.as_secs();
+    let rounded = if duration.subsec_nanos() > 0 { whole.saturating_add(1) } else { whole };
+    rounded.max(1)
 }
 
 /// Marks a response sent before the request body was read: the server will not read the rest of it, so the
@@ -355,6 +455,91 @@ mod tests {
         let text = String::from_utf8(serde_json::to_vec(&err.problem()).expect("serializes")).expect("utf8");
         assert!(text.starts_with(r#"{"type":"urn:esgf-events:problem:body-too-large","title":"#), "{text}");
         assert!(text.ends_with(r#","max_bytes":5}"#), "{text}");
+    }
+
+    fn limited(retry_ms: u64) -> RateLimited {
+        RateLimited {
+            retry_after: Duration::from_millis(retry_ms),
+            limit: 100,
+            remaining: 3,
+            reset: Duration::from_millis(2500),
+        }
+    }
+
+    #[test]
+    fn retry_after_is_rounded_up_to_whole_seconds_and_never_zero() {
+        assert_eq!(whole_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(whole_seconds(Duration::ZERO), 1);
+        assert_eq!(whole_seconds(Duration::from_secs(2)), 2);
+        assert_eq!(whole_seconds(Duration::from_millis(2001)), 3);
+    }
+
+    #[test]
+    fn rate_limited_is_429_with_retry_after_and_ratelimit_headers() {
+        let response = ApiError::RateLimited { policy: "publish", limited: limited(1200) }.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let headers = response.headers();
+        assert_eq!(headers[header::RETRY_AFTER], "2");
+        assert_eq!(headers["ratelimit-policy"], r#""publish";q=100;w=1"#);
+        assert_eq!(headers["ratelimit"], r#""publish";r=3;t=3"#);
+        let p = problem(ApiError::RateLimited { policy: "publish", limited: limited(1200) });
+        assert_eq!(p["type"], "urn:esgf-events:problem:rate-limited");
+        assert_eq!((p["retry_after_seconds"].as_u64(), p["limit"].as_u64()), (Some(2), Some(100)));
+    }
+
+    #[test]
+    fn unauthenticated_challenges_with_invalid_token_only_when_credentials_were_sent() {
+        let response = ApiError::Unauthenticated { detail: "d".into(), invalid_token: true }.into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="esgf-events", error="invalid_token""#
+        );
+        let response = ApiError::Unauthenticated { detail: "d".into(), invalid_token: false }.into_response();
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], r#"Bearer realm="esgf-events""#);
+    }
+
+    #[test]
+    fn auth_errors_never_carry_more_than_their_message() {
+        let p = problem(ApiError::invalid_credentials(&AuthError::Expired));
+        assert_eq!((p["status"].as_u64(), p["detail"].as_str()), (Some(401), Some("the token has expired")));
+    }
+
+    #[test]
+    fn forbidden_names_the_missing_grant() {
+        let p = problem(ApiError::Forbidden(Denied {
+            principal: "cmip7".into(),
+            action: "read topic 't'".into(),
+            missing: "a read grant on topic 't'".into(),
+        }));
+        assert_eq!(p["status"], 403);
+        assert_eq!(p["type"], "urn:esgf-events:problem:forbidden");
+        assert_eq!(p["missing"], "a read grant on topic 't'");
+        assert!(p["detail"].as_str().is_some_and(|d| d.contains("a read grant on topic 't'")));
+    }
+
+    #[test]
+    fn admin_errors_map_to_their_statuses() {
+        let cases = [
+            (AdminError::Exists("producer", "p".into()), 409, "principal-exists"),
+            (AdminError::NotFound("consumer", "c".into()), 404, "principal-not-found"),
+            (AdminError::Invalid("bad name".into()), 400, "invalid-request"),
+            (
+                AdminError::Meta(esgf_events_meta::MetaError::Storage {
+                    context: "writing",
+                    detail: "/secret/meta.redb: EIO".into(),
+                }),
+                500,
+                "storage-error",
+            ),
+        ];
+        for (err, status, kind) in cases {
+            let err = ApiError::from(err);
+            assert_eq!((err.status().as_u16(), err.kind()), (status, kind), "{err}");
+            assert!(!err.to_problem()["detail"].as_str().unwrap_or_default().contains("/secret"));
+        }
+        let p = problem(ApiError::Admin(AdminError::NotFound("producer", "p".into())));
+        assert_eq!(p["principal"], "p");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Publishing and reading events.
 //!
 //! Publishing stores each event's exact JSON bytes (no re-serialization), keyed like the ESGF envelope says and
-//! partitioned like Kafka's default partitioner. A request is validated whole before anything is appended, so a
-//! refused batch leaves nothing behind. Reading embeds the stored bytes back verbatim.
+//! partitioned like Kafka's default partitioner. A request is validated whole, and charged against the producer's
+//! rate limit, before anything is appended, so a refused batch leaves nothing behind. Reading embeds the stored
+//! bytes back verbatim.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -18,8 +19,9 @@ use esgf_events_engine::{AppendOutcome, NewRecord, ReadLimits, ReadResult, Recor
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::access::Caller;
 use crate::body::{
-    QueryPairs, check_query, invalid_param, query_pairs, query_value, read_body, require_json, topic_param,
+    QueryPairs, check_query, invalid_param, path_param, query_pairs, query_value, read_body, require_json,
 };
 use crate::error::{ApiError, close_connection};
 use crate::partitioner::partition_for_key;
@@ -43,6 +45,7 @@ struct PublishResponse {
 
 pub(crate) async fn publish(
     State(state): State<SharedState>,
+    caller: Option<Extension<Caller>>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<QueryPairs>, QueryRejection>,
     headers: HeaderMap,
@@ -54,7 +57,7 @@ pub(crate) async fn publish(
         close_connection(&mut response);
         response
     };
-    let topic = topic_param(path).map_err(refuse)?;
+    let topic = path_param(path).map_err(refuse)?;
     let query = query_pairs(query).map_err(refuse)?;
     check_query(&query, &["key"]).map_err(refuse)?;
     let query_key = match query_value(&query, "key") {
@@ -68,11 +71,15 @@ pub(crate) async fn publish(
 
     // Before reading the body: an unknown topic should not cost us up to `max_body_bytes` of buffering.
     let info = state.store.describe_topic(&topic).await.map_err(|e| refuse(e.into()))?;
-    publish_body(state, topic, info, query_key, headers, body).await.map_err(IntoResponse::into_response)
+    let caller = caller.and_then(|Extension(Caller(identity))| identity);
+    publish_body(state, caller, topic, info, query_key, headers, body)
+        .await
+        .map_err(IntoResponse::into_response)
 }
 
 async fn publish_body(
     state: SharedState,
+    caller: Option<esgf_events_auth::Identity>,
     topic: String,
     info: esgf_events_engine::TopicInfo,
     query_key: Option<Bytes>,
@@ -81,6 +88,14 @@ async fn publish_body(
 ) -> Result<Response, ApiError> {
     let body = read_body(&headers, body, state.config.max_body_bytes).await?;
     let events = split_events(&body, &state.config)?;
+
+    // Charged only for a batch that is otherwise acceptable, and all-or-nothing: a refused batch costs nothing.
+    if let (Some(auth), Some(who)) = (&state.auth, &caller) {
+        let count = u32::try_from(events.len()).unwrap_or(u32::MAX);
+        let bytes = events.iter().map(|e| e.get().len() as u64).sum();
+        auth.check_publish_rate(who, count, bytes)
+            .map_err(|limited| ApiError::RateLimited { policy: "publish", limited })?;
+    }
 
     // Everything below is infallible until the appends: the request is fully validated at this point.
     let mut round_robin = None;
@@ -354,7 +369,7 @@ pub(crate) async fn read(
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<QueryPairs>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let topic = topic_param(path)?;
+    let topic = path_param(path)?;
     let q = parse_read_query(&query_pairs(query)?, &state.config)?;
     let store = state.store.as_ref();
     // Responses stay within the same byte budget as requests (the store still returns at least one record).

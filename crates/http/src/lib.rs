@@ -1,28 +1,51 @@
-//! The HTTP API of the ESGF Event Service: topics, publishing and reading events, health probes.
+//! The HTTP API of the ESGF Event Service: topics, publishing and reading events, producer and consumer
+//! administration, the audit log, health probes; with access control and optional TLS.
 //!
-//! Everything here sits on the engine's [`LogStore`] trait, so any storage backend can serve it. Routes:
+//! Everything here sits on the engine's [`LogStore`] trait, so any storage backend can serve it, and on the
+//! shared [`Auth`] service, so HTTP and the other endpoints apply the same rules. Routes (the table itself is
+//! [`ROUTES`], from which the router is built):
 //!
-//! | Method | Path                        | Purpose                                              |
-//! |--------|-----------------------------|------------------------------------------------------|
-//! | POST   | `/v1/topics`                | create a topic                                       |
-//! | GET    | `/v1/topics`                | list topics with their offsets                       |
-//! | GET    | `/v1/topics/{topic}`        | describe one topic                                   |
-//! | POST   | `/v1/topics/{topic}/events` | publish one event (object) or a batch (array)        |
-//! | GET    | `/v1/topics/{topic}/events` | read from a partition, optionally long-polling       |
-//! | GET    | `/healthz`, `/readyz`       | liveness, readiness (503 once shutdown has begun)    |
+//! | Method | Path                                      | Purpose                                         | Access   |
+//! |--------|-------------------------------------------|-------------------------------------------------|----------|
+//! | GET    | `/healthz`, `/readyz`                     | liveness, readiness (503 once shutdown began)   | probe    |
+//! | GET    | `/v1/topics`, `/v1/topics/{topic}`        | list / describe topics (with `public`)          | public   |
+//! | POST   | `/v1/topics`                              | create a topic                                  | operator |
+//! | PATCH  | `/v1/topics/{topic}`                      | change `public`, `retention`, `retention_bytes` | operator |
+//! | POST   | `/v1/topics/{topic}/events`               | publish one event (object) or a batch (array)   | publish  |
+//! | GET    | `/v1/topics/{topic}/events`               | read a partition, optionally long-polling       | read     |
+//! | POST   | `/v1/producers`, `/v1/consumers`          | register; the answer shows the token once       | operator |
+//! | GET    | `/v1/producers`, `/v1/consumers`          | list (never secrets)                            | operator |
+//! | GET    | `/v1/{producers,consumers}/{name}`        | show one                                        | operator |
+//! | PATCH  | `/v1/{producers,consumers}/{name}`        | change topics, rate, contact, OIDC identities   | operator |
+//! | POST   | `/v1/{producers,consumers}/{name}/rotate` | new token (shown once)                          | operator |
+//! | DELETE | `/v1/{producers,consumers}/{name}`        | revoke (deletes the principal)                  | operator |
+//! | GET    | `/v1/audit?after=N&limit=M`               | audit log page, `{"entries", "next"}`           | operator |
+//!
+//! **Access control** (`access.rs`): `Authorization: Bearer <token>` carries an API token or an OIDC JWT; no
+//! header means anonymous. Refused credentials answer 401 `unauthenticated` (with `WWW-Authenticate`) and are
+//! audited as `auth.failure` with the remote address; an anonymous call to a route that needs a principal is 401
+//! too, an authenticated caller without the grant 403 `forbidden` naming the missing grant. Anonymous calls are
+//! rate-limited per IP, publishes per producer (429 `rate-limited` with `Retry-After` and the IETF `RateLimit`
+//! headers; a refused batch appends nothing). A server built with `auth: None` has no access control at all: for
+//! in-process tests and benchmarks only.
 //!
 //! Every error is an RFC 9457 `application/problem+json` document whose `type` is a stable URN
 //! (`urn:esgf-events:problem:<kind>`); see `error.rs`, the only place errors become responses.
 //!
-//! Every resource a client can make the server hold is bounded by [`HttpConfig`]: body and event sizes, events
-//! per batch, records per read, long-poll duration and accepted connections.
+//! Every resource a client can make the server hold is bounded by [`HttpConfig`] and a few constants: body and
+//! event sizes, events per batch, records per read, long-poll duration, accepted connections (TLS handshakes
+//! included) and the TLS handshake time.
 
+mod access;
+mod admin;
 mod body;
 mod error;
 mod events;
 mod health;
 mod listener;
 mod partitioner;
+mod routes;
+mod tls;
 mod topics;
 
 #[cfg(test)]
@@ -31,23 +54,26 @@ mod api_tests;
 mod test_store;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::http::{Method, Uri};
-use axum::routing::get;
 use axum::serve::ListenerExt;
+use esgf_events_auth::Auth;
 use esgf_events_engine::{LogStore, Retention};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::trace::TraceLayer;
 
 pub use partitioner::{murmur2, partition_for_key};
+pub use routes::{Access, ROUTES, RouteSpec};
+pub use tls::{TlsError, load_tls};
 
 use crate::error::ApiError;
-use crate::listener::LimitedListener;
+use crate::listener::{LimitedListener, connection_permits};
 
 /// Limits and defaults of the HTTP API. [`HttpConfig::default`] holds the defaults, in one place.
 #[derive(Debug, Clone)]
@@ -110,9 +136,21 @@ impl Shutdown {
     }
 }
 
+/// Everything a server is made of.
+#[derive(Clone)]
+pub struct Server {
+    pub store: Arc<dyn LogStore>,
+    /// `None`: no access control at all (in-process tests and benchmarks only; the binary always passes `Some`).
+    pub auth: Option<Arc<Auth>>,
+    pub config: HttpConfig,
+    /// `Some`: every connection is TLS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
 /// What every handler shares.
 pub(crate) struct AppState {
     pub(crate) store: Arc<dyn LogStore>,
+    pub(crate) auth: Option<Arc<Auth>>,
     pub(crate) config: HttpConfig,
     pub(crate) shutdown: Shutdown,
     /// Picks the partition of unkeyed publish requests, round-robin.
@@ -120,8 +158,12 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    fn new(store: Arc<dyn LogStore>, config: HttpConfig) -> Self {
-        AppState { store, config, shutdown: Shutdown::new(), round_robin: AtomicU32::new(0) }
+    fn new(store: Arc<dyn LogStore>, auth: Option<Arc<Auth>>, config: HttpConfig) -> Self {
+        AppState { store, auth, config, shutdown: Shutdown::new(), round_robin: AtomicU32::new(0) }
+    }
+
+    fn of(server: &Server) -> Self {
+        AppState::new(Arc::clone(&server.store), server.auth.clone(), server.config.clone())
     }
 
     pub(crate) fn next_round_robin(&self, partitions: u32) -> u32 {
@@ -131,19 +173,22 @@ impl AppState {
 
 pub(crate) type SharedState = Arc<AppState>;
 
-/// The API's routes over `store`. Readiness stays "ready" for the router's whole life; use [`run`] to get a
-/// server whose `/readyz` turns 503 on shutdown.
+/// The API's routes over `server` (its `tls` is not used: that is the listener's business). Readiness stays
+/// "ready" for the router's whole life; use [`serve`] to get a server whose `/readyz` turns 503 on shutdown.
+///
+/// Handlers read the client address from [`axum::extract::ConnectInfo`]`<SocketAddr>` when present (audit
+/// entries, per-IP limits); [`serve`] always provides it, in-process callers may set it as a request extension.
+pub fn app(server: &Server) -> Router {
+    build_router(Arc::new(AppState::of(server)))
+}
+
+/// [`app`] without access control.
 pub fn router(store: Arc<dyn LogStore>, config: HttpConfig) -> Router {
-    build_router(Arc::new(AppState::new(store, config)))
+    app(&Server { store, auth: None, config, tls: None })
 }
 
 fn build_router(state: SharedState) -> Router {
-    Router::new()
-        .route("/v1/topics", get(topics::list).post(topics::create))
-        .route("/v1/topics/{topic}", get(topics::describe))
-        .route("/v1/topics/{topic}/events", get(events::read).post(events::publish))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+    routes::build_routes(&state)
         .fallback(route_not_found)
         // Must come after the routes: it applies to the routes registered so far.
         .method_not_allowed_fallback(method_not_allowed)
@@ -161,37 +206,54 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 
 /// Serves until `shutdown` resolves: then stops accepting, lets in-flight requests finish, returns.
 ///
-/// Once `shutdown` resolves, `/readyz` answers 503 and pending long-polls return what they have at once, so
-/// draining is not held up by `wait=`. Closing the store is the caller's job, after this returns.
+/// With `server.tls`, every connection is TLS: handshakes run concurrently, each within a deadline, never
+/// blocking the accept loop. Once `shutdown` resolves, `/readyz` answers 503 and pending long-polls return what
+/// they have at once, so draining is not held up by `wait=`. Closing the store is the caller's job, after this
+/// returns.
+pub async fn serve(
+    listener: TcpListener,
+    server: Server,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let address = listener.local_addr()?;
+    let max_connections = server.config.max_connections;
+    let state = Arc::new(AppState::of(&server));
+    let app = build_router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("HTTP API shutting down: no new connections, finishing in-flight requests");
+        state.shutdown.begin();
+    };
+
+    // Each listener ends in `tap_io` because axum provides the client address (`ConnectInfo`) for `TapIo`
+    // listeners (and bare `TcpListener`s) only.
+    match server.tls {
+        Some(tls) => {
+            let listener = tls::tls_listener(listener, tls, connection_permits(max_connections))?;
+            tracing::debug!(%address, max_connections, "HTTP API serving over TLS");
+            axum::serve(listener.tap_io(|_| {}), app).with_graceful_shutdown(signal).await?;
+        }
+        None => {
+            let listener = LimitedListener::new(listener, max_connections).tap_io(|connection| {
+                // Small request/response exchanges: Nagle would add up to 40 ms of delay per response.
+                if let Err(err) = connection.get_ref().set_nodelay(true) {
+                    tracing::debug!(error = %err, "could not set TCP_NODELAY on an accepted connection");
+                }
+            });
+            tracing::debug!(%address, max_connections, "HTTP API serving");
+            axum::serve(listener, app).with_graceful_shutdown(signal).await?;
+        }
+    }
+    tracing::info!("HTTP API stopped");
+    Ok(())
+}
+
+/// [`serve`] without access control or TLS.
 pub async fn run(
     listener: TcpListener,
     store: Arc<dyn LogStore>,
     config: HttpConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let address = listener.local_addr()?;
-    let max_connections = config.max_connections;
-    let state = Arc::new(AppState::new(store, config));
-    let app = build_router(Arc::clone(&state));
-
-    let listener = LimitedListener::new(
-        listener.tap_io(|stream| {
-            // Small request/response exchanges: Nagle would add up to 40 ms of delay per response.
-            if let Err(err) = stream.set_nodelay(true) {
-                tracing::debug!(error = %err, "could not set TCP_NODELAY on an accepted connection");
-            }
-        }),
-        max_connections,
-    );
-
-    tracing::debug!(%address, max_connections, "HTTP API serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("HTTP API shutting down: no new connections, finishing in-flight requests");
-            state.shutdown.begin();
-        })
-        .await?;
-    tracing::info!("HTTP API stopped");
-    Ok(())
+    serve(listener, Server { store, auth: None, config, tls: None }, shutdown).await
 }

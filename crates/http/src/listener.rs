@@ -1,27 +1,35 @@
-//! A listener that serves at most N connections at once.
+//! Listeners that serve at most N connections at once.
 //!
 //! Each accepted connection holds a semaphore permit for its whole life; at the limit the listener stops calling
 //! `accept`, so further clients wait in the kernel's backlog instead of costing the server a task and buffers.
+//! [`LimitedListener`] wraps a plain listener; [`ChannelListener`] hands axum connections that an accept loop of
+//! our own prepared first (the TLS handshake, see `tls.rs`), under the same kind of permit.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::serve::Listener;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
 
 pub(crate) struct LimitedListener<L> {
     inner: L,
     permits: Arc<Semaphore>,
 }
 
+/// The permits of `max_connections`; `0` is treated as 1: a server that can accept nothing would only hang its
+/// clients.
+pub(crate) fn connection_permits(max_connections: usize) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(max_connections.clamp(1, Semaphore::MAX_PERMITS)))
+}
+
 impl<L> LimitedListener<L> {
-    /// `max_connections == 0` is treated as 1: a server that can accept nothing would only hang its clients.
     pub(crate) fn new(inner: L, max_connections: usize) -> Self {
-        let max = max_connections.clamp(1, Semaphore::MAX_PERMITS);
-        LimitedListener { inner, permits: Arc::new(Semaphore::new(max)) }
+        LimitedListener { inner, permits: connection_permits(max_connections) }
     }
 }
 
@@ -45,6 +53,65 @@ impl<L: Listener> Listener for LimitedListener<L> {
 pub(crate) struct LimitedIo<T> {
     io: T,
     _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<T> LimitedIo<T> {
+    pub(crate) fn new(io: T, permit: OwnedSemaphorePermit) -> Self {
+        LimitedIo { io, _permit: Some(permit) }
+    }
+
+    /// A connection outside the limit (only if the semaphore was closed, which this crate never does).
+    pub(crate) fn unlimited(io: T) -> Self {
+        LimitedIo { io, _permit: None }
+    }
+
+    pub(crate) fn get_ref(&self) -> &T {
+        &self.io
+    }
+}
+
+/// Connections prepared by a task of our own (which holds the listening socket), delivered through a bounded
+/// channel. Dropping the listener stops that task, so the socket closes when axum stops accepting.
+pub(crate) struct ChannelListener<Io> {
+    connections: mpsc::Receiver<(Io, SocketAddr)>,
+    local: SocketAddr,
+    producer: JoinHandle<()>,
+}
+
+impl<Io> ChannelListener<Io> {
+    pub(crate) fn new(
+        connections: mpsc::Receiver<(Io, SocketAddr)>,
+        local: SocketAddr,
+        producer: JoinHandle<()>,
+    ) -> Self {
+        ChannelListener { connections, local, producer }
+    }
+}
+
+impl<Io> Drop for ChannelListener<Io> {
+    fn drop(&mut self) {
+        self.producer.abort();
+    }
+}
+
+impl<Io> Listener for ChannelListener<Io>
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Io = Io;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.connections.recv().await {
+            Some(connection) => connection,
+            // The producer only ends when aborted, i.e. when this listener is dropped; never accept again.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for LimitedIo<T> {
@@ -154,6 +221,25 @@ mod tests {
         io.write_all(b"pong").await.expect("write");
         client.read_exact(&mut buf).await.expect("read");
         assert_eq!(&buf, b"pong");
+    }
+
+    #[tokio::test]
+    async fn channel_listener_delivers_what_the_producer_sends_and_stops_it_when_dropped() {
+        let (tx, rx) = mpsc::channel(1);
+        let (server, _client) = tokio::io::duplex(64);
+        let address: SocketAddr = ([127, 0, 0, 1], 9).into();
+        tx.send((server, address)).await.expect("listener alive");
+        // The producer holds `alive` until it is dropped, i.e. aborted.
+        let (alive, stopped) = tokio::sync::oneshot::channel::<()>();
+        let producer = tokio::spawn(async move {
+            let _alive = alive;
+            std::future::pending::<()>().await;
+        });
+        let mut listener = ChannelListener::new(rx, address, producer);
+        let (_io, from) = listener.accept().await;
+        assert_eq!(from, address);
+        drop(listener);
+        assert!(stopped.await.is_err(), "dropping the listener stops its producer");
     }
 
     #[test]

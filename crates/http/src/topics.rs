@@ -1,26 +1,29 @@
-//! Topic endpoints: create, list, describe; and the JSON shape of a topic (retention as `"90d"` or `"forever"`).
+//! Topic endpoints: create, list, describe, change; and the JSON shape of a topic (retention as `"90d"` or
+//! `"forever"`, and whether anyone may read it without credentials).
 
 use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use esgf_events_engine::{LogStore, Retention, TopicConfig, TopicInfo};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::SharedState;
-use crate::body::{QueryPairs, check_query, query_pairs, read_body, require_json, topic_param};
+use crate::access::Caller;
+use crate::admin::{actor, record, require_auth};
+use crate::body::{QueryPairs, check_query, path_param, query_pairs, read_body, require_json};
 use crate::error::ApiError;
+use crate::{AppState, SharedState};
 
 /// Most partitions a topic may have.
 pub(crate) const MAX_PARTITIONS: u32 = 1024;
 
-/// A topic-creation body is a few fields; anything larger is not one.
-const MAX_CREATE_BODY_BYTES: usize = 64 << 10;
+/// A topic creation or update body is a few fields; anything larger is not one.
+const MAX_TOPIC_BODY_BYTES: usize = 64 << 10;
 
 /// The body of `POST /v1/topics`.
 #[derive(Debug, Deserialize)]
@@ -42,6 +45,19 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// The body of `PATCH /v1/topics/{topic}`: only what is given changes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateTopicRequest {
+    #[serde(default)]
+    public: Option<bool>,
+    #[serde(default)]
+    retention: Option<String>,
+    /// `null` removes the size limit; absent keeps it.
+    #[serde(default, deserialize_with = "present")]
+    retention_bytes: Option<Option<u64>>,
+}
+
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub(crate) struct TopicDescription {
     name: String,
@@ -49,6 +65,8 @@ pub(crate) struct TopicDescription {
     retention: String,
     retention_bytes: Option<u64>,
     created: String,
+    /// Readable without credentials. Always true on a server without access control.
+    public: bool,
     offsets: Vec<OffsetsOut>,
 }
 
@@ -66,19 +84,16 @@ struct TopicList {
 
 pub(crate) async fn create(
     State(state): State<SharedState>,
+    caller: Option<Extension<Caller>>,
     query: Result<Query<QueryPairs>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     check_query(&query_pairs(query)?, &[])?;
     require_json(&headers)?;
-    let body = read_body(&headers, body, MAX_CREATE_BODY_BYTES).await?;
-    let request: CreateTopicRequest = serde_json::from_slice(&body).map_err(|err| match err.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::InvalidRequest(format!("invalid topic request: {err}"))
-        }
-        _ => ApiError::malformed_json(&err),
-    })?;
+    let body = read_body(&headers, body, MAX_TOPIC_BODY_BYTES).await?;
+    let request: CreateTopicRequest =
+        serde_json::from_slice(&body).map_err(|err| ApiError::bad_body("topic request", &err))?;
     let config = topic_config(&request, state.config.default_retention)?;
 
     let info = state.store.create_topic(&request.name, config).await?;
@@ -89,7 +104,10 @@ pub(crate) async fn create(
         retention_bytes = ?info.retention.max_bytes,
         "topic created"
     );
-    let description = describe_info(state.store.as_ref(), info).await?;
+    if let Some(auth) = &state.auth {
+        record(auth, actor(&caller)?, "topic.create", &info.name, "ok").await;
+    }
+    let description = describe_info(&state, info).await?;
 
     let mut response = (StatusCode::CREATED, Json(&description)).into_response();
     // Topic names are validated to `[A-Za-z0-9._-]`, so they are always a valid header value and URL segment.
@@ -108,7 +126,7 @@ pub(crate) async fn list(
     infos.sort_by(|a, b| a.name.cmp(&b.name));
     let mut topics = Vec::with_capacity(infos.len());
     for info in infos {
-        topics.push(describe_info(state.store.as_ref(), info).await?);
+        topics.push(describe_info(&state, info).await?);
     }
     Ok(Json(TopicList { topics }))
 }
@@ -118,10 +136,57 @@ pub(crate) async fn describe(
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<QueryPairs>, QueryRejection>,
 ) -> Result<Json<impl Serialize>, ApiError> {
-    let topic = topic_param(path)?;
+    let topic = path_param(path)?;
     check_query(&query_pairs(query)?, &[])?;
     let info = state.store.describe_topic(&topic).await?;
-    Ok(Json(describe_info(state.store.as_ref(), info).await?))
+    Ok(Json(describe_info(&state, info).await?))
+}
+
+/// `PATCH /v1/topics/{topic}`: retention through the store, `public` through the auth service. Everything is
+/// validated before anything changes; the two changes are not one transaction (retention first).
+pub(crate) async fn update(
+    State(state): State<SharedState>,
+    caller: Option<Extension<Caller>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<QueryPairs>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<impl Serialize>, ApiError> {
+    let topic = path_param(path)?;
+    check_query(&query_pairs(query)?, &[])?;
+    require_json(&headers)?;
+    let body = read_body(&headers, body, MAX_TOPIC_BODY_BYTES).await?;
+    let request: UpdateTopicRequest =
+        serde_json::from_slice(&body).map_err(|err| ApiError::bad_body("topic update", &err))?;
+    let auth = match request.public {
+        Some(_) => Some(require_auth(&state)?),
+        None => None,
+    };
+
+    let mut info = state.store.describe_topic(&topic).await?;
+    let retention = updated_retention(&request, info.retention)?;
+    if retention != info.retention {
+        info = state.store.set_retention(&topic, retention).await?;
+        tracing::info!(
+            %topic,
+            retention = %format_retention(retention.max_age),
+            retention_bytes = ?retention.max_bytes,
+            "topic retention changed"
+        );
+        if let Some(auth) = &state.auth {
+            let outcome = format!(
+                "ok: retention {}, retention_bytes {}",
+                format_retention(retention.max_age),
+                retention.max_bytes.map_or_else(|| "none".to_owned(), |b| b.to_string())
+            );
+            record(auth, actor(&caller)?, "topic.retention", &topic, &outcome).await;
+        }
+    }
+    if let (Some(auth), Some(public)) = (auth, request.public) {
+        auth.set_topic_public(&topic, public, actor(&caller)?).await?;
+        tracing::info!(%topic, public, "topic visibility changed");
+    }
+    Ok(Json(describe_info(&state, info).await?))
 }
 
 /// Validates the request's numbers and fills what it leaves out from the configured defaults.
@@ -135,12 +200,30 @@ pub(crate) fn topic_config(
             "partitions must be between 1 and {MAX_PARTITIONS}, got {partitions}"
         )));
     }
-    let max_age = match &request.retention {
-        None => default.max_age,
+    let retention = apply_retention(request.retention.as_deref(), request.retention_bytes, default)?;
+    Ok(TopicConfig { partitions, retention })
+}
+
+/// The retention after applying `request` to `current`; refuses the same values creation refuses.
+pub(crate) fn updated_retention(
+    request: &UpdateTopicRequest,
+    current: Retention,
+) -> Result<Retention, ApiError> {
+    apply_retention(request.retention.as_deref(), request.retention_bytes, current)
+}
+
+/// `base` with the given fields replaced: `retention` as text, `retention_bytes` absent / `null` / a size.
+fn apply_retention(
+    retention: Option<&str>,
+    retention_bytes: Option<Option<u64>>,
+    base: Retention,
+) -> Result<Retention, ApiError> {
+    let max_age = match retention {
+        None => base.max_age,
         Some(text) => parse_retention(text).map_err(ApiError::InvalidRequest)?,
     };
-    let max_bytes = match request.retention_bytes {
-        None => default.max_bytes,
+    let max_bytes = match retention_bytes {
+        None => base.max_bytes,
         Some(Some(0)) => {
             return Err(ApiError::InvalidRequest(
                 "retention_bytes must be positive, or null for no size limit".to_owned(),
@@ -148,7 +231,7 @@ pub(crate) fn topic_config(
         }
         Some(bytes) => bytes,
     };
-    Ok(TopicConfig { partitions, retention: Retention { max_age, max_bytes } })
+    Ok(Retention { max_age, max_bytes })
 }
 
 /// `"forever"` is no age limit; anything else is a humantime duration (`"90d"`, `"12h"`, `"1d 12h"`).
@@ -200,7 +283,9 @@ pub(crate) fn format_timestamp(ms: i64) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-async fn describe_info(store: &dyn LogStore, info: TopicInfo) -> Result<TopicDescription, ApiError> {
+async fn describe_info(state: &AppState, info: TopicInfo) -> Result<TopicDescription, ApiError> {
+    let store: &dyn LogStore = state.store.as_ref();
+    let public = state.auth.as_ref().is_none_or(|auth| auth.is_topic_public(&info.name));
     let mut offsets = Vec::with_capacity(info.partitions as usize);
     for partition in 0..info.partitions {
         let o = store.offsets(&info.name, partition).await?;
@@ -212,6 +297,7 @@ async fn describe_info(store: &dyn LogStore, info: TopicInfo) -> Result<TopicDes
         created: format_timestamp(info.created_ms),
         partitions: info.partitions,
         name: info.name,
+        public,
         offsets,
     })
 }
@@ -271,6 +357,29 @@ mod tests {
         )
         .expect("valid");
         assert_eq!((config.partitions, config.retention.max_age), (1024, None));
+    }
+
+    fn update(json: &str) -> UpdateTopicRequest {
+        serde_json::from_str(json).expect("valid update")
+    }
+
+    #[test]
+    fn update_changes_only_what_it_names() {
+        let current = Retention { max_age: Some(Duration::from_secs(3600)), max_bytes: Some(1 << 30) };
+        assert_eq!(updated_retention(&update("{}"), current).expect("valid"), current);
+        assert_eq!(updated_retention(&update(r#"{"public":true}"#), current).expect("valid"), current);
+        let changed = updated_retention(&update(r#"{"retention":"forever"}"#), current).expect("valid");
+        assert_eq!(changed, Retention { max_age: None, max_bytes: Some(1 << 30) });
+        let changed = updated_retention(&update(r#"{"retention_bytes":null}"#), current).expect("valid");
+        assert_eq!(changed, Retention { max_age: Some(Duration::from_secs(3600)), max_bytes: None });
+    }
+
+    #[test]
+    fn update_refuses_zero_sizes_garbage_and_unknown_fields() {
+        let current = Retention::DEFAULT;
+        assert!(updated_retention(&update(r#"{"retention_bytes":0}"#), current).is_err());
+        assert!(updated_retention(&update(r#"{"retention":"soon"}"#), current).is_err());
+        assert!(serde_json::from_str::<UpdateTopicRequest>(r#"{"partitions":2}"#).is_err());
     }
 
     #[test]

@@ -1,0 +1,184 @@
+//! The route table: every route of the API with the access it requires, in one place.
+//!
+//! The router is built from [`ROUTES`] and each route is guarded by the access its row names (see `access.rs`),
+//! so a route cannot exist without a declared access rule, and the access-control tests can walk the table.
+
+use axum::Router;
+use axum::http::Method;
+use axum::middleware;
+use axum::routing::{MethodFilter, MethodRouter, on};
+use esgf_events_auth::Role;
+
+use crate::{SharedState, access, admin, events, health, topics};
+
+/// What a route requires of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Health probes: credentials are not looked at and no rate limit applies, so an orchestrator always gets
+    /// through.
+    Probe,
+    /// Public discovery: anyone. Credentials are optional but checked when present; anonymous calls count
+    /// against the per-IP rate limit.
+    Public,
+    /// Reading events of the `{topic}` in the path: a grant on it, or the topic is public.
+    Read,
+    /// Publishing to the `{topic}` in the path: a producer grant on it.
+    Publish,
+    /// Creating topics and changing their settings: operators.
+    ManageTopics,
+    /// Registering, changing, rotating and revoking producers and consumers: operators.
+    ManagePrincipals,
+    /// Reading the audit log: operators.
+    ReadAudit,
+}
+
+/// One route: method, path template (axum syntax, `{topic}`, `{name}`) and the access it requires.
+#[derive(Debug)]
+pub struct RouteSpec {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+    pub(crate) endpoint: Endpoint,
+}
+
+/// Which handler serves a route.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Endpoint {
+    Healthz,
+    Readyz,
+    ListTopics,
+    CreateTopic,
+    DescribeTopic,
+    UpdateTopic,
+    Publish,
+    Read,
+    ListPrincipals(Role),
+    RegisterPrincipal(Role),
+    GetPrincipal(Role),
+    UpdatePrincipal(Role),
+    RotatePrincipal(Role),
+    DeletePrincipal(Role),
+    Audit,
+}
+
+const fn route(method: Method, path: &'static str, access: Access, endpoint: Endpoint) -> RouteSpec {
+    RouteSpec { method, path, access, endpoint }
+}
+
+/// Every route of the API.
+#[rustfmt::skip]
+pub const ROUTES: &[RouteSpec] = &[
+    route(GET,    "/healthz",                    Access::Probe,            Endpoint::Healthz),
+    route(GET,    "/readyz",                     Access::Probe,            Endpoint::Readyz),
+    route(GET,    "/v1/topics",                  Access::Public,           Endpoint::ListTopics),
+    route(POST,   "/v1/topics",                  Access::ManageTopics,     Endpoint::CreateTopic),
+    route(GET,    "/v1/topics/{topic}",          Access::Public,           Endpoint::DescribeTopic),
+    route(PATCH,  "/v1/topics/{topic}",          Access::ManageTopics,     Endpoint::UpdateTopic),
+    route(POST,   "/v1/topics/{topic}/events",   Access::Publish,          Endpoint::Publish),
+    route(GET,    "/v1/topics/{topic}/events",   Access::Read,             Endpoint::Read),
+    route(POST,   "/v1/producers",               Access::ManagePrincipals, Endpoint::RegisterPrincipal(PRODUCER)),
+    route(GET,    "/v1/producers",               Access::ManagePrincipals, Endpoint::ListPrincipals(PRODUCER)),
+    route(GET,    "/v1/producers/{name}",        Access::ManagePrincipals, Endpoint::GetPrincipal(PRODUCER)),
+    route(PATCH,  "/v1/producers/{name}",        Access::ManagePrincipals, Endpoint::UpdatePrincipal(PRODUCER)),
+    route(POST,   "/v1/producers/{name}/rotate", Access::ManagePrincipals, Endpoint::RotatePrincipal(PRODUCER)),
+    route(DELETE, "/v1/producers/{name}",        Access::ManagePrincipals, Endpoint::DeletePrincipal(PRODUCER)),
+    route(POST,   "/v1/consumers",               Access::ManagePrincipals, Endpoint::RegisterPrincipal(CONSUMER)),
+    route(GET,    "/v1/consumers",               Access::ManagePrincipals, Endpoint::ListPrincipals(CONSUMER)),
+    route(GET,    "/v1/consumers/{name}",        Access::ManagePrincipals, Endpoint::GetPrincipal(CONSUMER)),
+    route(PATCH,  "/v1/consumers/{name}",        Access::ManagePrincipals, Endpoint::UpdatePrincipal(CONSUMER)),
+    route(POST,   "/v1/consumers/{name}/rotate", Access::ManagePrincipals, Endpoint::RotatePrincipal(CONSUMER)),
+    route(DELETE, "/v1/consumers/{name}",        Access::ManagePrincipals, Endpoint::DeletePrincipal(CONSUMER)),
+    route(GET,    "/v1/audit",                   Access::ReadAudit,        Endpoint::Audit),
+];
+
+// Short names for the table above.
+const GET: Method = Method::GET;
+const POST: Method = Method::POST;
+const PATCH: Method = Method::PATCH;
+const DELETE: Method = Method::DELETE;
+const PRODUCER: Role = Role::Producer;
+const CONSUMER: Role = Role::Consumer;
+
+impl Endpoint {
+    fn handler(self, filter: MethodFilter) -> MethodRouter<SharedState> {
+        match self {
+            Endpoint::Healthz => on(filter, health::healthz),
+            Endpoint::Readyz => on(filter, health::readyz),
+            Endpoint::ListTopics => on(filter, topics::list),
+            Endpoint::CreateTopic => on(filter, topics::create),
+            Endpoint::DescribeTopic => on(filter, topics::describe),
+            Endpoint::UpdateTopic => on(filter, topics::update),
+            Endpoint::Publish => on(filter, events::publish),
+            Endpoint::Read => on(filter, events::read),
+            Endpoint::ListPrincipals(role) => on(filter, move |state, query| admin::list(role, state, query)),
+            Endpoint::RegisterPrincipal(role) => on(filter, move |state, caller, query, headers, body| {
+                admin::register(role, state, caller, query, headers, body)
+            }),
+            Endpoint::GetPrincipal(role) => {
+                on(filter, move |state, path, query| admin::get(role, state, path, query))
+            }
+            Endpoint::UpdatePrincipal(role) => {
+                on(filter, move |state, caller, path, query, headers, body| {
+                    admin::update(role, state, caller, path, query, headers, body)
+                })
+            }
+            Endpoint::RotatePrincipal(role) => {
+                on(filter, move |state, caller, path, query| admin::rotate(role, state, caller, path, query))
+            }
+            Endpoint::DeletePrincipal(role) => {
+                on(filter, move |state, caller, path, query| admin::delete(role, state, caller, path, query))
+            }
+            Endpoint::Audit => on(filter, admin::audit),
+        }
+    }
+}
+
+/// The router of [`ROUTES`], each route behind the access guard of its row. Routes sharing a path merge into
+/// one method router (axum does that on `route`), so methods not in the table answer 405.
+pub(crate) fn build_routes(state: &SharedState) -> Router<SharedState> {
+    let mut router = Router::new();
+    for spec in ROUTES {
+        // The table uses only standard methods, which all have a filter (checked by a unit test).
+        let Ok(filter) = MethodFilter::try_from(spec.method.clone()) else {
+            tracing::error!(method = %spec.method, path = spec.path, "route with a method axum cannot route");
+            continue;
+        };
+        // `route_layer`: the guard runs for this method only, so a wrong method is still a plain 405.
+        let handler = spec
+            .endpoint
+            .handler(filter)
+            .route_layer(middleware::from_fn_with_state((state.clone(), spec), access::guard));
+        router = router.route(spec.path, handler);
+    }
+    router
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_method_has_a_filter() {
+        for spec in ROUTES {
+            assert!(MethodFilter::try_from(spec.method.clone()).is_ok(), "{} {}", spec.method, spec.path);
+        }
+    }
+
+    #[test]
+    fn no_route_is_listed_twice() {
+        for (i, a) in ROUTES.iter().enumerate() {
+            for b in &ROUTES[..i] {
+                assert!(a.method != b.method || a.path != b.path, "{} {} twice", a.method, a.path);
+            }
+        }
+    }
+
+    #[test]
+    fn routes_naming_a_topic_guard_it_by_that_topic() {
+        for spec in ROUTES {
+            if matches!(spec.access, Access::Read | Access::Publish) {
+                assert!(spec.path.contains("{topic}"), "{} {}", spec.method, spec.path);
+            }
+        }
+    }
+}
