@@ -23,9 +23,13 @@ use crate::model::{
 };
 use crate::oidc::{Oidc, looks_like_jwt};
 use crate::rate::{AnonymousLimiter, PublishLimiter, check_spec};
+use crate::error::GroupAccessError;
 
 const PRINCIPALS: &str = "principals";
 const TOPIC_ACL: &str = "topic_acl";
+/// Consumer group id -> the principal that owns it.
+const GROUP_OWNERS: &str = "group_owners";
+const MAX_GROUP_ID_BYTES: usize = 255;
 const AUDIT: &str = "audit";
 
 /// The operator's principal name.
@@ -112,6 +116,7 @@ struct State {
     by_hash: HashMap<TokenHash, String>,
     by_oidc: HashMap<OidcIdentity, String>,
     public_topics: HashSet<String>,
+    group_owners: HashMap<String, String>,
 }
 
 impl State {
@@ -213,6 +218,10 @@ impl Auth {
             if acl.public {
                 state.public_topics.insert(topic);
             }
+        }
+        for (group, owner) in meta.scan(GROUP_OWNERS, "").await? {
+            let owner = String::from_utf8(owner.to_vec()).map_err(|e| corrupt("group owner", &group, &e))?;
+            state.group_owners.insert(group, owner);
         }
         tracing::info!(
             principals = state.principals.len(),
@@ -657,6 +666,51 @@ impl Auth {
         Ok(())
     }
 
+    /// May `who` use consumer group `group` (join it, commit or fetch its offsets)?
+    ///
+    /// A group belongs to the principal that first uses it, so one consumer cannot move another's position,
+    /// while existing clients keep whatever group ids they already use. Operators may use any group and never
+    /// claim one. The claim is durable before this returns.
+    pub async fn claim_group(&self, who: &Identity, group: &str) -> Result<(), GroupAccessError> {
+        if group.is_empty() || group.len() > MAX_GROUP_ID_BYTES || group.contains('\0') {
+            return Err(AdminError::Invalid(format!(
+                "a consumer group id is 1 to {MAX_GROUP_ID_BYTES} bytes without NUL characters"
+            ))
+            .into());
+        }
+        if who.role == Role::Operator {
+            return Ok(());
+        }
+        let denied = |owner: &str| Denied {
+            principal: who.name.clone(),
+            action: format!("use consumer group '{group}'"),
+            missing: format!("ownership of the group: it belongs to '{owner}'"),
+        };
+        match self.read().group_owners.get(group) {
+            Some(owner) if owner == &who.name => return Ok(()),
+            Some(owner) => return Err(denied(owner).into()),
+            None => {}
+        }
+        let _writer = self.writer.lock().await;
+        let claimed = self
+            .meta
+            .compare_and_set(GROUP_OWNERS, group, None, Some(Bytes::copy_from_slice(who.name.as_bytes())))
+            .await
+            .map_err(AdminError::from)?;
+        if !claimed {
+            let owner = self.meta.get(GROUP_OWNERS, group).await.map_err(AdminError::from)?;
+            let owner = owner.map(|o| String::from_utf8_lossy(&o).into_owned()).unwrap_or_default();
+            if owner == who.name {
+                self.write().group_owners.insert(group.to_owned(), owner);
+                return Ok(());
+            }
+            return Err(denied(&owner).into());
+        }
+        self.write().group_owners.insert(group.to_owned(), who.name.clone());
+        tracing::info!(group, owner = %who.name, "consumer group claimed");
+        Ok(())
+    }
+
     pub fn is_topic_public(&self, topic: &str) -> bool {
         self.read().public_topics.contains(topic)
     }
@@ -843,19 +897,7 @@ async fn write_token_file(path: PathBuf, secret: Secret) -> Result<TokenHash, Ad
 
 /// Topic names as the log engine accepts them: `[A-Za-z0-9._-]{1,249}`, not "." or "..".
 fn check_topic(topic: &str) -> Result<(), AdminError> {
-    let valid = !topic.is_empty()
-        && topic.len() <= 249
-        && topic != "."
-        && topic != ".."
-        && topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if valid {
-        Ok(())
-    } else {
-        Err(AdminError::Invalid(format!(
-            "topic name '{}' must match [A-Za-z0-9._-]{{1,249}}",
-            topic.chars().take(260).collect::<String>()
-        )))
-    }
+    esgf_events_engine::validate_topic_name(topic).map_err(|e| AdminError::Invalid(e.to_string()))
 }
 
 fn clean_topics(mut topics: Vec<String>) -> Result<Vec<String>, AdminError> {

@@ -54,3 +54,13 @@ pub enum AdminError {
     #[error(transparent)]
     Meta(#[from] esgf_events_meta::MetaError),
 }
+
+/// Using a consumer group failed. -> 403 / GROUP_AUTHORIZATION_FAILED when denied, 500 / a retriable code when
+/// the state store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupAccessError {
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    #[error(transparent)]
+    Store(#[from] AdminError),
+}

@@ -22,7 +22,7 @@ mod oidc;
 mod rate;
 
 pub use auth::Auth;
-pub use error::{AdminError, AuthError, Denied, RateLimited};
+pub use error::{AdminError, AuthError, Denied, GroupAccessError, RateLimited};
 pub use model::{
     Action, AuditEntry, AuthConfig, AuthMethod, Bootstrap, CredentialInfo, Identity, JwksSource,
     OidcIdentity, OidcIssuerConfig, Principal, PrincipalUpdate, RateSpec, Registration, Role, Secret,

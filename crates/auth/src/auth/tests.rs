@@ -847,3 +847,25 @@ async fn admin_actions_are_audited_with_their_outcome_and_paged() {
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
     assert!(f.auth.audit_log(7, 10).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_consumer_group_belongs_to_its_first_user_across_restarts() {
+    let f = Fixture::new().await;
+    let ceda = Identity { name: "ceda-index".into(), role: Role::Consumer, method: AuthMethod::Token };
+    let dkrz = Identity { name: "dkrz-index".into(), role: Role::Consumer, method: AuthMethod::Password };
+    f.auth.claim_group(&ceda, "index-replica").await.unwrap();
+    f.auth.claim_group(&ceda, "index-replica").await.unwrap();
+    match f.auth.claim_group(&dkrz, "index-replica").await {
+        Err(GroupAccessError::Denied(d)) => assert!(d.missing.contains("belongs to 'ceda-index'"), "{d}"),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    f.auth.claim_group(&operator(), "index-replica").await.expect("operators may use any group");
+    f.auth.claim_group(&dkrz, "dkrz").await.unwrap();
+    assert!(matches!(f.auth.claim_group(&dkrz, "").await, Err(GroupAccessError::Store(AdminError::Invalid(_)))));
+
+    let Fixture { dir, clock, meta, auth } = f;
+    drop((meta, auth));
+    let (_meta, reopened) = open(dir.path(), clock, AuthConfig::default()).await;
+    reopened.claim_group(&ceda, "index-replica").await.unwrap();
+    assert!(matches!(reopened.claim_group(&dkrz, "index-replica").await, Err(GroupAccessError::Denied(_))));
+}
