@@ -4,8 +4,12 @@
 //! filesystem (sequential write bandwidth, fsync latency) and reports the service's figures as ratios to it.
 //! Then it measures, with ~2 KB ESGF publication events built from real CMIP6 dataset ids:
 //! - durable appends through the embedded engine (batch size × concurrent producers);
-//! - durable publishes through the real HTTP server, in process, over keep-alive connections;
+//! - durable publishes through the real HTTP server, in process, over keep-alive connections, without access
+//!   control and with it (a registered producer's bearer token, checked and rate-limited on every request,
+//!   with a limit far above the load), to show what access control costs;
 //! - sequential replay of a large topic through the engine and through HTTP;
+//! - server-sent events: publish→delivery latency to 1, 100 and 1000 consumers, memory per idle stream;
+//! - webhook delivery throughput to a local receiver, for 1 and 8 subscriptions;
 //! - the time a `serve` child process needs to become ready again after `kill -9` with that large log.
 //!
 //! Events are generated once into a pool of a few thousand and reused, so memory stays bounded whatever volume
@@ -23,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
+use esgf_events_auth::{AuthMethod, Identity, RateSpec, Registration, Role};
 use esgf_events_engine::{
     Clock, EmbeddedConfig, EmbeddedStore, LogStore, NewRecord, ReadLimits, Retention, SystemClock,
     TopicConfig,
@@ -31,6 +36,9 @@ use esgf_events_http::HttpConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
+
+mod sse;
+mod webhooks;
 
 /// Flags of `esgf-events bench`.
 #[derive(Debug, clap::Args)]
@@ -84,6 +92,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         http_publish: Vec::new(),
         replay: Vec::new(),
         restart: None,
+        sse: None,
+        webhooks: None,
         targets: Vec::new(),
     };
     eprintln!(
@@ -110,12 +120,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
 
-    let server = InProcessServer::start(Arc::clone(&log)).await?;
-    for (batch, clients) in [(1, 1), (1, 64), (100, 1), (100, 64)] {
-        eprintln!("HTTP publish: batch {batch} x {clients} clients ...");
-        let row = measure_http_publish(&log, &server, &pool, &plan, &baseline, batch, clients).await?;
-        report.http_publish.push(row);
+    let server = InProcessServer::start(Arc::clone(&log), None).await?;
+    let (auth, producer_token) = open_bench_auth(work.path()).await?;
+    let auth_server = InProcessServer::start(Arc::clone(&log), Some((auth, producer_token))).await?;
+    for (batch, clients) in HTTP_CELLS {
+        eprintln!("HTTP publish: batch {batch} x {clients} clients, without and with access control ...");
+        let pair =
+            measure_http_publish_pair(&log, &server, &auth_server, &pool, &plan, &baseline, batch, clients)
+                .await?;
+        report.http_publish.extend(pair);
     }
+    auth_server.stop().await?;
+
+    report.sse = Some(sse::measure_sse(&log, &server, &pool, &plan).await);
+    report.webhooks = Some(webhooks::measure_webhooks(&log, work.path(), &pool, &plan).await);
 
     eprintln!("replay: filling a topic with {:.2} GB ...", plan.replay_bytes as f64 / 1e9);
     report.replay.push(fill_replay_topic(&log, &pool, &plan, &baseline).await?);
@@ -526,6 +544,10 @@ struct Report {
     http_publish: Vec<Row>,
     replay: Vec<Row>,
     restart: Option<Restart>,
+    /// Server-sent events: fan-out latency and the memory of idle streams.
+    sse: Option<sse::SseReport>,
+    /// Webhook delivery throughput.
+    webhooks: Option<webhooks::WebhookReport>,
     targets: Vec<Target>,
 }
 
@@ -573,6 +595,8 @@ impl Latency {
 #[derive(Debug, Clone, Serialize)]
 struct Row {
     name: String,
+    /// Requests carried a bearer token, checked and rate-limited by the server.
+    access_control: bool,
     /// Events per operation (append call, request, or read).
     batch: usize,
     /// Concurrent producers or clients.
@@ -597,6 +621,7 @@ impl Row {
         let latency = Latency::of(run.latencies);
         Row {
             name: name.into(),
+            access_control: false,
             batch,
             concurrency,
             events: run.events,
@@ -648,6 +673,7 @@ struct Target {
 // ---------------------------------------------------------------------------------------------------------------
 // Load generation: N workers share a budget of operations and a deadline.
 
+#[derive(Debug, Clone, Copy)]
 struct Budget {
     max_ops: u64,
     duration: Duration,
@@ -660,6 +686,16 @@ struct Run {
     bytes: u64,
     elapsed: Duration,
     latencies: Vec<Duration>,
+}
+
+impl Run {
+    /// Adds `other`, run after this one, as if both were one run.
+    fn absorb(&mut self, other: Run) {
+        self.events += other.events;
+        self.bytes += other.bytes;
+        self.elapsed += other.elapsed;
+        self.latencies.extend(other.latencies);
+    }
 }
 
 /// Runs `op(0)`, `op(1)`, ... on `workers` concurrent tasks until `budget` is spent, timing each operation's
@@ -836,18 +872,90 @@ struct InProcessServer {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
+/// The (batch size, concurrent clients) cells of the HTTP publish measurement.
+const HTTP_CELLS: [(usize, usize); 4] = [(1, 1), (1, 64), (100, 1), (100, 64)];
+
+/// The name of the producer the access-controlled cells publish as.
+const BENCH_PRODUCER: &str = "bench-producer";
+
+/// What one HTTP publish cell measures.
+#[derive(Debug, Clone, Copy)]
+struct HttpCell {
+    batch: usize,
+    clients: usize,
+    access_control: bool,
+}
+
+impl HttpCell {
+    fn topic(self) -> String {
+        let kind = if self.access_control { "http-auth" } else { "http" };
+        format!("bench.{kind}.b{}.c{}", self.batch, self.clients)
+    }
+}
+
+/// Access control on a state store of its own in `work`, with a producer granted every access-controlled cell's
+/// topic at a rate limit far above anything the bench can reach: every request pays for the checks, none is
+/// refused. Returns the service and the producer's token.
+async fn open_bench_auth(work: &Path) -> anyhow::Result<(Arc<esgf_events_auth::Auth>, String)> {
+    let path = work.join("bench-state.redb");
+    let meta = esgf_events_meta::RedbMetaStore::open(&path)
+        .with_context(|| format!("opening the state store {}", path.display()))?;
+    let auth = esgf_events_auth::Auth::open(Arc::new(meta), esgf_events_auth::AuthConfig::default())
+        .await
+        .context("starting access control")?;
+    let topics = HTTP_CELLS
+        .iter()
+        .map(|&(batch, clients)| HttpCell { batch, clients, access_control: true }.topic())
+        .collect();
+    let registration = Registration {
+        name: BENCH_PRODUCER.to_owned(),
+        topics,
+        rate: Some(RateSpec {
+            events_per_second: 1_000_000_000,
+            burst: 1_000_000_000,
+            bytes_per_second: Some(1 << 40),
+            burst_bytes: Some(1 << 40),
+        }),
+        contact: None,
+        oidc: Vec::new(),
+    };
+    let operator = Identity { name: "operator".to_owned(), role: Role::Operator, method: AuthMethod::Token };
+    let (_, token) = auth
+        .register(Role::Producer, registration, &operator)
+        .await
+        .context("registering the bench producer")?;
+    Ok((Arc::new(auth), token.expose().to_owned()))
+}
+
 impl InProcessServer {
-    async fn start(log: Arc<dyn LogStore>) -> anyhow::Result<Self> {
+    /// The API on a loopback port; with `auth`, access control is on and the client sends the token.
+    async fn start(
+        log: Arc<dyn LogStore>,
+        auth: Option<(Arc<esgf_events_auth::Auth>, String)>,
+    ) -> anyhow::Result<Self> {
         let listener =
             tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
         let address = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(esgf_events_http::run(listener, log, HttpConfig::default(), async move {
+        let (auth, token) = auth.map_or((None, None), |(auth, token)| (Some(auth), Some(token)));
+        let server = esgf_events_http::Server {
+            store: log,
+            auth,
+            config: HttpConfig::default(),
+            tls: None,
+            offsets: None,
+            webhooks: None,
+        };
+        let task = tokio::spawn(esgf_events_http::serve(listener, server, async move {
             // Either a stop request or the sender dropping on an error path: both mean stop.
             let _ = stopped.await;
         }));
-        let server =
-            InProcessServer { base_url: format!("http://{address}"), client: http_client()?, stop, task };
+        let server = InProcessServer {
+            base_url: format!("http://{address}"),
+            client: http_client(token.as_deref())?,
+            stop,
+            task,
+        };
         wait_ready(&server.client, &server.base_url, Instant::now() + READY_TIMEOUT).await?;
         Ok(server)
     }
@@ -864,8 +972,18 @@ impl InProcessServer {
 /// Longest a server may take to become ready (in process or child) before the bench gives up.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn http_client() -> anyhow::Result<reqwest::Client> {
+/// A keep-alive client; with `token`, every request carries it as a bearer token.
+fn http_client(token: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    crate::install_crypto_provider();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
+            .context("the token does not fit an HTTP header")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     reqwest::Client::builder()
+        .default_headers(headers)
         .no_proxy()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(256)
@@ -889,29 +1007,70 @@ async fn wait_ready(client: &reqwest::Client, base_url: &str, deadline: Instant)
     }
 }
 
-/// `clients` concurrent keep-alive clients publishing `batch` events per request (a bare object when 1).
-async fn measure_http_publish(
+/// Rounds in which the cells of a pair (without and with access control) take turns: the pair shares whatever
+/// else the machine does meanwhile, so its comparison reflects access control rather than the moment.
+const HTTP_ROUNDS: u32 = 4;
+
+/// `clients` concurrent keep-alive clients publishing `batch` events per request (a bare object when 1), to the
+/// server without access control and to the one with it, in alternating rounds: one row for each.
+#[allow(clippy::too_many_arguments)] // each is a separate input of the measurement
+async fn measure_http_publish_pair(
     log: &Arc<dyn LogStore>,
-    server: &InProcessServer,
+    open: &InProcessServer,
+    guarded: &InProcessServer,
     pool: &Arc<EventPool>,
     plan: &Plan,
     baseline: &Baseline,
     batch: usize,
     clients: usize,
-) -> anyhow::Result<Row> {
-    let topic = format!("bench.http.b{batch}.c{clients}");
-    create_topic(log, &topic).await?;
+) -> anyhow::Result<[Row; 2]> {
+    let cells = [false, true].map(|access_control| HttpCell { batch, clients, access_control });
+    for cell in cells {
+        create_topic(log, &cell.topic()).await?;
+    }
     // Bodies are built up front: the load generator's time belongs to no one's latency.
     let bodies: Arc<Vec<(Bytes, u64)>> = Arc::new(if batch == 1 {
         pool.events.iter().map(|e| (e.clone(), e.len() as u64)).collect()
     } else {
         (0..pool.events.len().div_ceil(batch)).map(|b| pool.json_array(b * batch, batch)).collect()
     });
-    let url = format!("{}/v1/topics/{topic}/events", server.base_url);
-    let client = server.client.clone();
-    let budget =
-        Budget { max_ops: pool.ops_for_volume(plan.append_volume, batch), duration: plan.cell_duration };
-    let run = drive(clients, budget, move |i| {
+    let budget = Budget {
+        max_ops: pool.ops_for_volume(plan.append_volume, batch).div_ceil(u64::from(HTTP_ROUNDS)),
+        duration: plan.cell_duration / HTTP_ROUNDS,
+    };
+    let mut runs = [Run::default(), Run::default()];
+    for _ in 0..HTTP_ROUNDS {
+        for ((cell, server), total) in cells.iter().zip([open, guarded]).zip(&mut runs) {
+            let url = format!("{}/v1/topics/{}/events", server.base_url, cell.topic());
+            total.absorb(publish_load(&server.client, url, &bodies, batch, clients, budget).await?);
+        }
+    }
+    for cell in cells {
+        let topic = cell.topic();
+        log.delete_topic(&topic).await.with_context(|| format!("deleting topic {topic}"))?;
+    }
+    let [open_run, guarded_run] = runs;
+    let (open_name, guarded_name) = if batch == 1 {
+        ("HTTP publish, one event", "HTTP publish, one event, auth+rate")
+    } else {
+        ("HTTP publish, batch", "HTTP publish, batch, auth+rate")
+    };
+    let mut guarded_row = Row::new(guarded_name, batch, clients, guarded_run, baseline);
+    guarded_row.access_control = true;
+    Ok([Row::new(open_name, batch, clients, open_run, baseline), guarded_row])
+}
+
+/// One load run: `clients` workers POSTing `bodies` round-robin to `url` until `budget` is spent.
+async fn publish_load(
+    client: &reqwest::Client,
+    url: String,
+    bodies: &Arc<Vec<(Bytes, u64)>>,
+    batch: usize,
+    clients: usize,
+    budget: Budget,
+) -> anyhow::Result<Run> {
+    let (client, bodies) = (client.clone(), Arc::clone(bodies));
+    drive(clients, budget, move |i| {
         let (body, bytes) = bodies[i as usize % bodies.len()].clone();
         let request =
             client.post(&url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body).send();
@@ -928,10 +1087,7 @@ async fn measure_http_publish(
             Ok((batch as u64, bytes))
         }
     })
-    .await?;
-    log.delete_topic(&topic).await.with_context(|| format!("deleting topic {topic}"))?;
-    let name = if batch == 1 { "HTTP publish, one event" } else { "HTTP publish, batch" };
-    Ok(Row::new(name, batch, clients, run, baseline))
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1036,13 +1192,18 @@ const RESTART_EVENTS: u64 = 10;
 
 async fn measure_restart(data_dir: &Path, pool: &EventPool, log_bytes: u64) -> anyhow::Result<Restart> {
     let exe = std::env::current_exe().context("finding the current executable")?;
-    let client = http_client()?;
+    let client = http_client(None)?;
 
     let (first, start_after_shutdown) = ChildServer::spawn(&exe, data_dir, &client).await?;
+    // Without ESGF_EVENTS_OPERATOR_TOKEN (removed from its environment), the child generated this one.
+    let token_file = data_dir.join(crate::serve::OPERATOR_TOKEN_FILE);
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("reading the child's operator token {}", token_file.display()))?;
     let events_url = format!("{}/v1/topics/{REPLAY_TOPIC}/events", first.base_url);
     for i in 0..RESTART_EVENTS {
         let response = client
             .post(&events_url)
+            .bearer_auth(token.trim())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(pool.event(i as usize).clone())
             .send()
@@ -1110,6 +1271,7 @@ impl ChildServer {
             .arg("--data-dir")
             .arg(data_dir)
             .env_remove("RUST_LOG")
+            .env_remove(crate::config::OPERATOR_TOKEN_ENV)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -1316,6 +1478,7 @@ fn evaluate_targets(report: &Report) -> Vec<Target> {
             met: row.p99_vs_fsync_p99.map(|r| r <= 3.0),
         });
     }
+    targets.extend(access_control_overhead(&report.http_publish));
     if let Some(row) = report.replay.iter().find(|r| r.name == "replay read (engine)") {
         targets.push(Target {
             name: "replay through the engine".into(),
@@ -1334,6 +1497,46 @@ fn evaluate_targets(report: &Report) -> Vec<Target> {
                 (None, None) => "not measured".into(),
             },
             met: restart.restart_after_kill_ms.map(|ms| ms < 1000.0),
+        });
+    }
+    targets
+}
+
+/// Concurrency at which access control's cost is judged: the most requests per second, and enough samples for a
+/// steady p99.
+const OVERHEAD_CLIENTS: usize = 64;
+
+/// Most throughput lost, and most p99 latency gained, that access control may cost.
+const MAX_ACCESS_CONTROL_OVERHEAD: f64 = 0.10;
+
+/// For single events and for batches of 100: throughput and p99 with access control against the same cell
+/// without it.
+fn access_control_overhead(rows: &[Row]) -> Vec<Target> {
+    let mut targets = Vec::new();
+    for (batch, what) in [(1, "single events"), (100, "batches of 100")] {
+        let find = |access_control: bool| {
+            rows.iter().find(|r| {
+                r.batch == batch && r.concurrency == OVERHEAD_CLIENTS && r.access_control == access_control
+            })
+        };
+        let (Some(open), Some(guarded)) = (find(false), find(true)) else { continue };
+        let throughput_loss = 1.0 - guarded.events_per_s / open.events_per_s.max(f64::MIN_POSITIVE);
+        let p99_gain = match (open.latency, guarded.latency) {
+            (Some(o), Some(g)) if o.p99_ms > 0.0 => Some(g.p99_ms / o.p99_ms - 1.0),
+            _ => None,
+        };
+        let percent = |x: f64| format!("{:+.1} %", x * 100.0);
+        targets.push(Target {
+            name: format!("access-control overhead, {what}"),
+            goal: format!("< {:.0} % (throughput and p99)", MAX_ACCESS_CONTROL_OVERHEAD * 100.0),
+            measured: format!(
+                "throughput {}, p99 {} ({OVERHEAD_CLIENTS} clients)",
+                percent(-throughput_loss),
+                p99_gain.map_or_else(|| "n/a".into(), percent)
+            ),
+            met: p99_gain.map(|gain| {
+                throughput_loss < MAX_ACCESS_CONTROL_OVERHEAD && gain < MAX_ACCESS_CONTROL_OVERHEAD
+            }),
         });
     }
     targets
@@ -1394,7 +1597,7 @@ fn render(report: &Report) -> String {
     }
 
     let header = format!(
-        "  {:<30} {:>6} {:>6} {:>11} {:>13} {:>8} {:>9} {:>9} {:>8} {:>8}",
+        "  {:<34} {:>6} {:>6} {:>11} {:>13} {:>8} {:>9} {:>9} {:>8} {:>8}",
         "", "batch", "conc.", "events", "events/s", "MB/s", "p50 ms", "p99 ms", "xSeqWr", "xFsync99"
     );
     for (title, rows) in [
@@ -1406,7 +1609,7 @@ fn render(report: &Report) -> String {
         for r in rows {
             let _ = writeln!(
                 out,
-                "  {:<30} {:>6} {:>6} {:>11} {:>13} {:>8.1} {:>9} {:>9} {:>8.2} {:>8}",
+                "  {:<34} {:>6} {:>6} {:>11} {:>13} {:>8.1} {:>9} {:>9} {:>8.2} {:>8}",
                 r.name,
                 r.batch,
                 r.concurrency,
@@ -1422,8 +1625,16 @@ fn render(report: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "  (MB/s counts event bytes; xSeqWr = MB/s / baseline MB/s; xFsync99 = p99 / fsync p99)"
+        "  (MB/s counts event bytes; xSeqWr = MB/s / baseline MB/s; xFsync99 = p99 / fsync p99; auth+rate = a\n   \
+         producer's bearer token checked and its rate limit, far above the load, enforced on every request)"
     );
+
+    if let Some(sse) = &report.sse {
+        sse::render_sse(&mut out, sse);
+    }
+    if let Some(webhooks) = &report.webhooks {
+        webhooks::render_webhooks(&mut out, webhooks);
+    }
 
     if let Some(r) = &report.restart {
         let _ = writeln!(
@@ -1560,6 +1771,41 @@ mod tests {
         assert_eq!(fs("/tmp/x").as_deref(), Some("tmpfs"));
         assert_eq!(fs("/tmpfoo").as_deref(), Some("ext4"));
         assert_eq!(fs("/data disk/bench").as_deref(), Some("xfs"));
+    }
+
+    fn row(batch: usize, access_control: bool, events: u64, p99_ms: u64) -> Row {
+        let baseline = Baseline {
+            seq_write_bytes: 1,
+            seq_write_seconds: 1.0,
+            seq_write_mb_per_s: 100.0,
+            fsync: Latency { samples: 1, p50_ms: 1.0, p99_ms: 1.0, max_ms: 1.0 },
+        };
+        let run = Run {
+            events,
+            bytes: events * 2000,
+            elapsed: Duration::from_secs(1),
+            latencies: vec![Duration::from_millis(p99_ms); 10],
+        };
+        let mut row = Row::new("r", batch, OVERHEAD_CLIENTS, run, &baseline);
+        row.access_control = access_control;
+        row
+    }
+
+    #[test]
+    fn access_control_overhead_compares_like_cells_on_throughput_and_p99() {
+        let rows = [
+            row(1, false, 1000, 10),
+            row(1, true, 950, 10), // 5 % slower: within the target
+            row(100, false, 100_000, 20),
+            row(100, true, 100_000, 25), // p99 25 % higher: a miss
+        ];
+        let targets = access_control_overhead(&rows);
+        assert_eq!(targets.len(), 2);
+        assert_eq!(targets[0].met, Some(true), "{targets:?}");
+        assert!(targets[0].measured.contains("throughput -5.0 %"), "{}", targets[0].measured);
+        assert_eq!(targets[1].met, Some(false), "{targets:?}");
+        assert!(targets[1].measured.contains("p99 +25.0 %"), "{}", targets[1].measured);
+        assert!(access_control_overhead(&rows[..1]).is_empty(), "no pair, no target");
     }
 
     #[test]

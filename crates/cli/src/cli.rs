@@ -28,8 +28,14 @@ pub enum Command {
     Publish(PublishArgs),
     /// Print a topic's events to stdout as NDJSON.
     Consume(ConsumeArgs),
+    /// Access control (operators): producers, consumers, public topics, the audit log.
+    Admin(crate::admin::AdminArgs),
     /// Measure the engine, the HTTP API and the disk baseline (see README "Benchmarks").
     Bench(crate::bench::BenchArgs),
+    /// Keep a local SQLite index of ESGF datasets in step with a topic; `replicate snapshot` copies one.
+    Replicate(esgf_events_replica::cli::ReplicateArgs),
+    /// Read a local index: `export` (canonical JSON lines), `query`, `info`.
+    Index(esgf_events_replica::cli::IndexArgs),
 }
 
 #[cfg(test)]

@@ -26,6 +26,27 @@
 //! [log]
 //! format = "text"                  # or "json"
 //! level = "info"                   # a tracing filter, e.g. "info,esgf_events_http=debug"
+//! [auth]
+//! rotation_grace = "0s"            # how long a rotated-out token keeps working
+//! anonymous_rate = 20              # unauthenticated requests per second per client IP
+//! anonymous_burst = 100
+//! [[auth.oidc]]                    # OAuth2/OIDC issuers whose bearer JWTs are accepted (any number)
+//! issuer = "https://auth.globus.org"
+//! audience = "esgf-events"
+//! jwks_url = "https://auth.globus.org/jwk.json"   # or jwks_file = "/etc/esgf-events/globus-jwks.json"
+//! subject_claim = "sub"            # or "client_id" / "azp": the claim naming the registered principal
+//! [kafka]                          # optional: the Kafka protocol endpoint (off when addr is unset)
+//! addr = "127.0.0.1:9092"
+//! advertised_host = "events.example.org"   # host name Kafka clients are told to connect to [default: addr's IP]
+//! [webhooks]                       # delivery of webhook subscriptions (POST /v1/subscriptions)
+//! timeout = "10s"                  # one delivery attempt, connecting to reading the response
+//! max_attempts = 8                 # attempts per event before it goes to the dead-letter list
+//! max_age = "24h"                  # ...or this long after its first attempt
+//! allow = ["*.example.org", "127.0.0.1"]   # hosts webhook URLs may name [default: any]
+//! deny = ["10.0.0.0/8", "169.254.0.0/16"]  # hosts they may not; checked first, on resolved addresses too
+//! [tls]                            # both or neither; without it the server speaks plain HTTP
+//! cert_file = "/etc/esgf-events/tls/cert.pem"   # PEM chain, leaf first
+//! key_file = "/etc/esgf-events/tls/key.pem"     # PEM private key
 //! ```
 //!
 //! `durability = "relaxed"` acknowledges appends once they reach the OS page cache and fsyncs every
@@ -34,8 +55,13 @@
 //! Environment variables are `ESGF_EVENTS_<SECTION>_<KEY>` in upper case (`ESGF_EVENTS_STORAGE_DURABILITY`),
 //! plus the alias `ESGF_EVENTS_DATA_DIR` for `storage.data_dir`. `RUST_LOG`, when set, takes the place of
 //! `log.level` (it beats `ESGF_EVENTS_LOG_LEVEL` and the file; `--log-level` still beats it). The client-side
-//! variables `ESGF_EVENTS_SERVER`, `ESGF_EVENTS_TOKEN` and `ESGF_EVENTS_CONFIG` are ignored here. Durations use
-//! humantime syntax (`200ms`, `5m`, `7d`).
+//! variables (`ESGF_EVENTS_SERVER`, `ESGF_EVENTS_TOKEN`, `ESGF_EVENTS_TOKEN_FILE`, `ESGF_EVENTS_CA_CERT`) and
+//! `ESGF_EVENTS_CONFIG` are ignored here. Durations use humantime syntax (`200ms`, `5m`, `7d`).
+//!
+//! The operator credential comes from `ESGF_EVENTS_OPERATOR_TOKEN` only, never from the file (a secret does not
+//! belong in a file that is copied around and checked in). It must look like the tokens the server issues
+//! (`esgfev_` and at least [`MIN_OPERATOR_SECRET_CHARS`] URL-safe base64 characters), so a weak or mistyped
+//! value is refused at start-up instead of guarding the service. Its value never appears in an error or a log.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -52,13 +78,31 @@ pub const CONFIG_VERSION: u32 = 1;
 const ENV_PREFIX: &str = "ESGF_EVENTS_";
 
 /// Read by the client commands (or by clap for `--config`), not by the server's configuration.
-const CLIENT_ENV_VARS: [&str; 3] = ["ESGF_EVENTS_SERVER", "ESGF_EVENTS_TOKEN", "ESGF_EVENTS_CONFIG"];
+const CLIENT_ENV_VARS: [&str; 5] = [
+    "ESGF_EVENTS_SERVER",
+    "ESGF_EVENTS_TOKEN",
+    "ESGF_EVENTS_TOKEN_FILE",
+    "ESGF_EVENTS_CA_CERT",
+    "ESGF_EVENTS_CONFIG",
+];
+
+/// The operator credential; secret, so it gets its own handling (see the module doc).
+pub const OPERATOR_TOKEN_ENV: &str = "ESGF_EVENTS_OPERATOR_TOKEN";
+
+/// What every token starts with (the auth crate's `TOKEN_PREFIX`): secret scanners look for it.
+pub const TOKEN_PREFIX: &str = "esgfev_";
+
+/// Characters an operator token needs after its prefix: 32 base64url characters are 192 random bits (the
+/// server's own tokens carry 43, i.e. 256 bits).
+pub const MIN_OPERATOR_SECRET_CHARS: usize = 32;
+/// The access-control layer refuses longer ones.
+pub const MAX_OPERATOR_SECRET_CHARS: usize = 512;
 
 /// Short spelling of `ESGF_EVENTS_STORAGE_DATA_DIR`.
 const DATA_DIR_ALIAS: &str = "ESGF_EVENTS_DATA_DIR";
 
 /// Every server setting an environment variable can carry, by variable name.
-pub const ENV_VARS: [&str; 16] = [
+pub const ENV_VARS: [&str; 29] = [
     "ESGF_EVENTS_HTTP_ADDR",
     "ESGF_EVENTS_HTTP_MAX_EVENT_BYTES",
     "ESGF_EVENTS_HTTP_MAX_BATCH_EVENTS",
@@ -75,6 +119,20 @@ pub const ENV_VARS: [&str; 16] = [
     "ESGF_EVENTS_STORAGE_RETENTION_CHECK_INTERVAL",
     "ESGF_EVENTS_LOG_FORMAT",
     "ESGF_EVENTS_LOG_LEVEL",
+    "ESGF_EVENTS_AUTH_ROTATION_GRACE",
+    "ESGF_EVENTS_AUTH_ANONYMOUS_RATE",
+    "ESGF_EVENTS_AUTH_ANONYMOUS_BURST",
+    "ESGF_EVENTS_TLS_CERT_FILE",
+    "ESGF_EVENTS_TLS_KEY_FILE",
+    OPERATOR_TOKEN_ENV,
+    "ESGF_EVENTS_KAFKA_ADDR",
+    "ESGF_EVENTS_KAFKA_ADVERTISED_HOST",
+    "ESGF_EVENTS_WEBHOOKS_TIMEOUT",
+    "ESGF_EVENTS_WEBHOOKS_MAX_ATTEMPTS",
+    "ESGF_EVENTS_WEBHOOKS_MAX_AGE",
+    // Comma-separated lists.
+    "ESGF_EVENTS_WEBHOOKS_ALLOW",
+    "ESGF_EVENTS_WEBHOOKS_DENY",
 ];
 
 /// The resolved configuration of `esgf-events serve`.
@@ -83,6 +141,44 @@ pub struct ServeConfig {
     pub http: HttpSettings,
     pub storage: StorageSettings,
     pub log: LogSettings,
+    pub auth: AuthSettings,
+    /// `None`: plain HTTP.
+    pub tls: Option<TlsSettings>,
+    pub kafka: KafkaSettings,
+    pub webhooks: WebhookSettings,
+}
+
+/// Delivery of webhook subscriptions. The service's own listen address is always refused as a webhook URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSettings {
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub max_age: Duration,
+    /// Host patterns webhook URLs must match (`*.example.org`, a host, an IP, a CIDR network); empty: any.
+    pub allow: Vec<String>,
+    /// Host patterns webhook URLs must not match.
+    pub deny: Vec<String>,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        let d = esgf_events_webhooks::WebhookConfig::default();
+        WebhookSettings {
+            timeout: d.timeout,
+            max_attempts: d.max_attempts,
+            max_age: d.max_age,
+            allow: d.allow,
+            deny: d.deny,
+        }
+    }
+}
+
+/// The Kafka protocol endpoint; it runs only when `addr` is set. It shares TLS and access control with HTTP.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KafkaSettings {
+    pub addr: Option<SocketAddr>,
+    /// Host name clients are told to connect to (Kafka's advertised.listeners) [default: the bound IP].
+    pub advertised_host: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +202,94 @@ pub struct StorageSettings {
     /// Retention of topics created without one.
     pub default_retention: RetentionPeriod,
     pub retention_check_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// How long the previous secret keeps working after a rotation.
+    pub rotation_grace: Duration,
+    /// Unauthenticated requests per second, per client IP.
+    pub anonymous_rate: u32,
+    pub anonymous_burst: u32,
+    pub oidc: Vec<OidcSettings>,
+    /// From [`OPERATOR_TOKEN_ENV`]; `None`: the server keeps (or creates) `<data_dir>/operator.token`.
+    pub operator_token: Option<OperatorToken>,
+}
+
+/// An OAuth2/OIDC issuer whose bearer JWTs are accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub jwks: JwksLocation,
+    /// "sub", "client_id" or "azp": the claim holding the registered principal's OIDC subject.
+    pub subject_claim: String,
+}
+
+/// Where an issuer's signing keys are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksLocation {
+    File(PathBuf),
+    Url(String),
+}
+
+/// The claims an OIDC issuer may name its principals by.
+pub const SUBJECT_CLAIMS: [&str; 3] = ["sub", "client_id", "azp"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// The operator credential from the environment. `Debug` hides it, so no log or panic message can show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OperatorToken(String);
+
+impl OperatorToken {
+    /// Checks the shape of `token` (see the module doc); the error never contains the token.
+    pub fn parse(token: &str) -> Result<Self, String> {
+        let Some(secret) = token.strip_prefix(TOKEN_PREFIX) else {
+            return Err(format!(
+                "must start with {TOKEN_PREFIX:?}, e.g. {TOKEN_PREFIX}$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' \
+                 | tr -d '=')"
+            ));
+        };
+        if secret.trim() != secret || secret.contains(char::is_whitespace) {
+            return Err("contains whitespace (a trailing newline from a file?)".into());
+        }
+        if !secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(
+                "may only contain the URL-safe base64 characters A-Z a-z 0-9 - _ after its prefix".into()
+            );
+        }
+        if secret.len() > MAX_OPERATOR_SECRET_CHARS {
+            return Err(format!(
+                "is too long: at most {MAX_OPERATOR_SECRET_CHARS} characters after {TOKEN_PREFIX:?}"
+            ));
+        }
+        if secret.len() < MIN_OPERATOR_SECRET_CHARS {
+            return Err(format!(
+                "is too short: it needs at least {MIN_OPERATOR_SECRET_CHARS} random characters after {TOKEN_PREFIX:?}, \
+                 it has {}",
+                secret.len()
+            ));
+        }
+        Ok(OperatorToken(token.to_owned()))
+    }
+
+    /// The secret itself, for handing to the auth layer; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for OperatorToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OperatorToken(***)")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +320,16 @@ impl Default for ServeConfig {
                 retention_check_interval: Duration::from_secs(5 * 60),
             },
             log: LogSettings { format: LogFormat::Text, level: "info".to_owned() },
+            auth: AuthSettings {
+                rotation_grace: Duration::ZERO,
+                anonymous_rate: 20,
+                anonymous_burst: 100,
+                oidc: Vec::new(),
+                operator_token: None,
+            },
+            tls: None,
+            kafka: KafkaSettings::default(),
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -271,12 +465,15 @@ pub enum ConfigError {
     ConflictingEnvVars { first: &'static str, second: &'static str },
     #[error("invalid setting {key}: {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// Its own variant because [`ConfigError::InvalidEnvValue`] quotes the value, and this one is a secret.
+    #[error("environment variable {OPERATOR_TOKEN_ENV} is not a usable operator token: it {reason}")]
+    InvalidOperatorToken { reason: String },
 }
 
 /// The flags of `esgf-events serve`: the highest-precedence configuration layer.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeFlags {
-    /// TOML configuration file: `version = 1` and sections [http], [storage], [log].
+    /// TOML configuration file: `version = 1` and sections [http], [storage], [log], [auth], [tls].
     #[arg(long, value_name = "FILE", env = "ESGF_EVENTS_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8080]; port 0 picks a free port.
@@ -295,6 +492,15 @@ pub struct ServeFlags {
     /// Log filter, e.g. "info" or "info,esgf_events_http=debug" [default: info].
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Also serve the Kafka protocol on this address (SASL/PLAIN; TLS when --tls-cert is set).
+    #[arg(long, value_name = "ADDR")]
+    pub kafka_addr: Option<SocketAddr>,
 }
 
 impl ServeFlags {
@@ -307,6 +513,11 @@ impl ServeFlags {
                 ..StorageLayer::default()
             },
             log: LogLayer { format: self.log_format, level: self.log_level.clone() },
+            auth: AuthLayer::default(),
+            tls: TlsLayer { cert_file: self.tls_cert.clone(), key_file: self.tls_key.clone() },
+            kafka: KafkaLayer { addr: self.kafka_addr, ..KafkaLayer::default() },
+            webhooks: WebhooksLayer::default(),
+            operator_token: None,
         }
     }
 }
@@ -336,11 +547,31 @@ impl ServeConfig {
         flags: &ServeFlags,
     ) -> Result<Self, ConfigError> {
         let mut config = ServeConfig::default();
+        // The two TLS files are merged one by one (the file may name the certificate and the environment the
+        // key); whether both ended up set is checked once every layer is in.
+        let mut tls = TlsLayer::default();
+        let mut layers = Vec::with_capacity(3);
         if let Some((path, text)) = file {
-            config.apply(parse_file(path, text)?);
+            layers.push(parse_file(path, text)?);
         }
-        config.apply(env_layer(env)?);
-        config.apply(flags.layer());
+        layers.push(env_layer(env)?);
+        layers.push(flags.layer());
+        for mut layer in layers {
+            tls.cert_file = layer.tls.cert_file.take().or(tls.cert_file);
+            tls.key_file = layer.tls.key_file.take().or(tls.key_file);
+            config.apply(layer);
+        }
+        config.tls = match (tls.cert_file, tls.key_file) {
+            (Some(cert_file), Some(key_file)) => Some(TlsSettings { cert_file, key_file }),
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "tls",
+                    reason: "cert_file and key_file go together: set both (HTTPS) or neither (plain HTTP)"
+                        .into(),
+                });
+            }
+        };
         config.validate()?;
         Ok(config)
     }
@@ -367,6 +598,28 @@ impl ServeConfig {
         set(&mut s.retention_check_interval, layer.storage.retention_check_interval);
         set(&mut l.format, layer.log.format);
         set(&mut l.level, layer.log.level);
+        if layer.kafka.addr.is_some() {
+            self.kafka.addr = layer.kafka.addr;
+        }
+        if layer.kafka.advertised_host.is_some() {
+            self.kafka.advertised_host = layer.kafka.advertised_host;
+        }
+        let w = &mut self.webhooks;
+        set(&mut w.timeout, layer.webhooks.timeout);
+        set(&mut w.max_attempts, layer.webhooks.max_attempts);
+        set(&mut w.max_age, layer.webhooks.max_age);
+        set(&mut w.allow, layer.webhooks.allow);
+        set(&mut w.deny, layer.webhooks.deny);
+        let a = &mut self.auth;
+        set(&mut a.rotation_grace, layer.auth.rotation_grace);
+        set(&mut a.anonymous_rate, layer.auth.anonymous_rate);
+        set(&mut a.anonymous_burst, layer.auth.anonymous_burst);
+        if let Some(oidc) = layer.auth.oidc {
+            a.oidc = oidc.into_iter().map(OidcLayer::into_settings).collect();
+        }
+        if layer.operator_token.is_some() {
+            a.operator_token = layer.operator_token;
+        }
     }
 
     /// Rejects values that parse but cannot work (a zero interval would spin, a zero limit rejects everything).
@@ -392,7 +645,70 @@ impl ServeConfig {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::Invalid { key: "log.level", reason: e.to_string() })?;
+        let a = &self.auth;
+        positive("auth.anonymous_rate", u128::from(a.anonymous_rate))?;
+        positive("auth.anonymous_burst", u128::from(a.anonymous_burst))?;
+        if let Some(tls) = &self.tls
+            && (tls.cert_file.as_os_str().is_empty() || tls.key_file.as_os_str().is_empty())
+        {
+            return Err(ConfigError::Invalid { key: "tls", reason: "file names must not be empty".into() });
+        }
+        let w = &self.webhooks;
+        positive("webhooks.timeout", w.timeout.as_millis())?;
+        positive("webhooks.max_attempts", u128::from(w.max_attempts))?;
+        positive("webhooks.max_age", w.max_age.as_millis())?;
+        for (key, list) in [("webhooks.allow", &w.allow), ("webhooks.deny", &w.deny)] {
+            esgf_events_webhooks::UrlPolicy::new(list, &[], &[])
+                .map_err(|e| ConfigError::Invalid { key, reason: format!("pattern {e}") })?;
+        }
+        let mut issuers = std::collections::BTreeSet::new();
+        for oidc in &a.oidc {
+            validate_oidc(oidc)?;
+            if !issuers.insert(oidc.issuer.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: "auth.oidc",
+                    reason: format!("issuer {:?} is listed twice", oidc.issuer),
+                });
+            }
+        }
         Ok(())
+    }
+}
+
+fn validate_oidc(oidc: &OidcSettings) -> Result<(), ConfigError> {
+    let invalid = |reason: String| Err(ConfigError::Invalid { key: "auth.oidc", reason });
+    if oidc.issuer.is_empty() || oidc.audience.is_empty() {
+        return invalid("issuer and audience must not be empty".into());
+    }
+    if !SUBJECT_CLAIMS.contains(&oidc.subject_claim.as_str()) {
+        return invalid(format!(
+            "subject_claim of issuer {:?} is {:?}; expected one of {}",
+            oidc.issuer,
+            oidc.subject_claim,
+            SUBJECT_CLAIMS.join(", ")
+        ));
+    }
+    match &oidc.jwks {
+        JwksLocation::File(path) if path.as_os_str().is_empty() => {
+            invalid(format!("jwks_file of issuer {:?} is empty", oidc.issuer))
+        }
+        JwksLocation::File(_) => Ok(()),
+        JwksLocation::Url(url) => match reqwest::Url::parse(url) {
+            // Keys fetched in clear text could be swapped by anyone on the path; loopback is for tests and
+            // for a local identity provider.
+            Ok(parsed) if parsed.scheme() == "https" => Ok(()),
+            Ok(parsed)
+                if parsed.scheme() == "http"
+                    && matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")) =>
+            {
+                Ok(())
+            }
+            Ok(_) => invalid(format!(
+                "jwks_url of issuer {:?} must be an https:// URL (http:// only for localhost), got {url:?}",
+                oidc.issuer
+            )),
+            Err(e) => invalid(format!("jwks_url of issuer {:?} is not a URL ({e}): {url:?}", oidc.issuer)),
+        },
     }
 }
 
@@ -402,6 +718,12 @@ struct Layer {
     http: HttpLayer,
     storage: StorageLayer,
     log: LogLayer,
+    auth: AuthLayer,
+    tls: TlsLayer,
+    kafka: KafkaLayer,
+    webhooks: WebhooksLayer,
+    /// Environment only.
+    operator_token: Option<OperatorToken>,
 }
 
 /// The file's shape. `version` is optional here only so that its absence gets its own message.
@@ -415,6 +737,40 @@ struct FileLayer {
     storage: StorageLayer,
     #[serde(default)]
     log: LogLayer,
+    #[serde(default)]
+    auth: AuthLayer,
+    #[serde(default)]
+    tls: TlsLayer,
+    #[serde(default)]
+    kafka: KafkaLayer,
+    #[serde(default)]
+    webhooks: WebhooksLayer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhooksLayer {
+    #[serde(default, deserialize_with = "parsed")]
+    timeout: Option<humantime::Duration>,
+    max_attempts: Option<u32>,
+    #[serde(default, deserialize_with = "parsed")]
+    max_age: Option<humantime::Duration>,
+    allow: Option<Vec<String>>,
+    deny: Option<Vec<String>>,
+}
+
+/// A comma-separated list from an environment variable (blank entries ignored).
+fn parse_list(name: &str, value: &OsStr) -> Result<Vec<String>, ConfigError> {
+    let text = value.to_str().ok_or_else(|| ConfigError::EnvNotUnicode { name: name.to_owned() })?;
+    Ok(text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KafkaLayer {
+    #[serde(default, deserialize_with = "parsed")]
+    addr: Option<SocketAddr>,
+    advertised_host: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -455,6 +811,55 @@ struct LogLayer {
     level: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthLayer {
+    #[serde(default, deserialize_with = "parsed")]
+    rotation_grace: Option<humantime::Duration>,
+    anonymous_rate: Option<u32>,
+    anonymous_burst: Option<u32>,
+    oidc: Option<Vec<OidcLayer>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OidcLayer {
+    issuer: String,
+    audience: String,
+    #[serde(flatten)]
+    jwks: JwksLayer,
+    subject_claim: Option<String>,
+}
+
+/// Exactly one of the two keys: serde names the problem if both or neither are there.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum JwksLayer {
+    JwksFile(PathBuf),
+    JwksUrl(String),
+}
+
+impl OidcLayer {
+    fn into_settings(self) -> OidcSettings {
+        OidcSettings {
+            issuer: self.issuer,
+            audience: self.audience,
+            jwks: match self.jwks {
+                JwksLayer::JwksFile(path) => JwksLocation::File(path),
+                JwksLayer::JwksUrl(url) => JwksLocation::Url(url),
+            },
+            subject_claim: self.subject_claim.unwrap_or_else(|| "sub".to_owned()),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsLayer {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
 /// A TOML string parsed with the same `FromStr` the environment variables go through, so both accept and
 /// reject the same spellings.
 fn parsed<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
@@ -475,7 +880,16 @@ fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
         Some(v) if v == i64::from(CONFIG_VERSION) => {}
         Some(found) => return Err(ConfigError::UnsupportedVersion { path: path.to_owned(), found }),
     }
-    Ok(Layer { http: file.http, storage: file.storage, log: file.log })
+    Ok(Layer {
+        http: file.http,
+        storage: file.storage,
+        log: file.log,
+        auth: file.auth,
+        tls: file.tls,
+        kafka: file.kafka,
+        webhooks: file.webhooks,
+        operator_token: None,
+    })
 }
 
 fn env_layer(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result<Layer, ConfigError> {
@@ -499,6 +913,14 @@ fn env_layer(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result<Lay
         let Some(&known) = ENV_VARS.iter().find(|known| **known == name) else {
             return Err(ConfigError::UnknownEnvVar { name: name.to_owned() });
         };
+        if known == OPERATOR_TOKEN_ENV {
+            let token =
+                value.to_str().ok_or_else(|| ConfigError::EnvNotUnicode { name: known.to_owned() })?;
+            layer.operator_token = Some(
+                OperatorToken::parse(token).map_err(|reason| ConfigError::InvalidOperatorToken { reason })?,
+            );
+            continue;
+        }
         if known == DATA_DIR_ALIAS || known == "ESGF_EVENTS_STORAGE_DATA_DIR" {
             if let Some(first) = data_dir_from {
                 return Err(ConfigError::ConflictingEnvVars { first, second: known });
@@ -528,6 +950,7 @@ where
 
 fn set_from_env(layer: &mut Layer, name: &'static str, value: &OsStr) -> Result<(), ConfigError> {
     let (h, s, l) = (&mut layer.http, &mut layer.storage, &mut layer.log);
+    let (a, t) = (&mut layer.auth, &mut layer.tls);
     let v = value;
     match name {
         "ESGF_EVENTS_HTTP_ADDR" => h.addr = Some(parse_env(name, v)?),
@@ -548,6 +971,18 @@ fn set_from_env(layer: &mut Layer, name: &'static str, value: &OsStr) -> Result<
         }
         "ESGF_EVENTS_LOG_FORMAT" => l.format = Some(parse_env(name, v)?),
         "ESGF_EVENTS_LOG_LEVEL" => l.level = Some(parse_env(name, v)?),
+        "ESGF_EVENTS_AUTH_ROTATION_GRACE" => a.rotation_grace = Some(parse_env(name, v)?),
+        "ESGF_EVENTS_AUTH_ANONYMOUS_RATE" => a.anonymous_rate = Some(parse_env(name, v)?),
+        "ESGF_EVENTS_AUTH_ANONYMOUS_BURST" => a.anonymous_burst = Some(parse_env(name, v)?),
+        "ESGF_EVENTS_TLS_CERT_FILE" => t.cert_file = Some(PathBuf::from(value)),
+        "ESGF_EVENTS_TLS_KEY_FILE" => t.key_file = Some(PathBuf::from(value)),
+        "ESGF_EVENTS_KAFKA_ADDR" => layer.kafka.addr = Some(parse_env(name, v)?),
+        "ESGF_EVENTS_KAFKA_ADVERTISED_HOST" => layer.kafka.advertised_host = Some(parse_env(name, v)?),
+        "ESGF_EVENTS_WEBHOOKS_TIMEOUT" => layer.webhooks.timeout = Some(parse_env(name, v)?),
+        "ESGF_EVENTS_WEBHOOKS_MAX_ATTEMPTS" => layer.webhooks.max_attempts = Some(parse_env(name, v)?),
+        "ESGF_EVENTS_WEBHOOKS_MAX_AGE" => layer.webhooks.max_age = Some(parse_env(name, v)?),
+        "ESGF_EVENTS_WEBHOOKS_ALLOW" => layer.webhooks.allow = Some(parse_list(name, v)?),
+        "ESGF_EVENTS_WEBHOOKS_DENY" => layer.webhooks.deny = Some(parse_list(name, v)?),
         // ENV_VARS and this match list the same names; the test `every_listed_env_var_is_read` keeps them so.
         _ => return Err(ConfigError::UnknownEnvVar { name: name.to_owned() }),
     }
@@ -656,8 +1091,10 @@ mod tests {
     fn unknown_top_level_key_and_unknown_section_are_rejected() {
         let err = from_file("version = 1\nlisten = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");
+        let err = from_file("version = 1\n[nats]\nport = 4222\n").unwrap_err();
+        assert!(err.to_string().contains("nats"), "{err}");
         let err = from_file("version = 1\n[kafka]\nport = 9092\n").unwrap_err();
-        assert!(err.to_string().contains("kafka"), "{err}");
+        assert!(err.to_string().contains("port"), "{err}");
     }
 
     #[test]
@@ -727,6 +1164,8 @@ mod tests {
         let vars = env(&[
             ("ESGF_EVENTS_SERVER", "http://elsewhere"),
             ("ESGF_EVENTS_TOKEN", "secret"),
+            ("ESGF_EVENTS_TOKEN_FILE", "/t"),
+            ("ESGF_EVENTS_CA_CERT", "/ca.pem"),
             ("ESGF_EVENTS_CONFIG", "/nope.toml"),
             ("PATH", "/bin"),
             ("ESGF_EVENTSX", "1"),
@@ -775,11 +1214,31 @@ mod tests {
             ("ESGF_EVENTS_STORAGE_RETENTION_CHECK_INTERVAL", "1s"),
             ("ESGF_EVENTS_LOG_FORMAT", "json"),
             ("ESGF_EVENTS_LOG_LEVEL", "warn"),
+            ("ESGF_EVENTS_AUTH_ROTATION_GRACE", "1h"),
+            ("ESGF_EVENTS_AUTH_ANONYMOUS_RATE", "5"),
+            ("ESGF_EVENTS_AUTH_ANONYMOUS_BURST", "5"),
+            // The TLS files only count together; `tls_files_are_merged_across_layers` covers them one by one.
+            ("ESGF_EVENTS_TLS_CERT_FILE", "/c"),
+            ("ESGF_EVENTS_TLS_KEY_FILE", "/k"),
+            (OPERATOR_TOKEN_ENV, TOKEN),
+            ("ESGF_EVENTS_KAFKA_ADDR", "127.0.0.1:9092"),
+            ("ESGF_EVENTS_KAFKA_ADVERTISED_HOST", "events.example.org"),
+            ("ESGF_EVENTS_WEBHOOKS_TIMEOUT", "3s"),
+            ("ESGF_EVENTS_WEBHOOKS_MAX_ATTEMPTS", "3"),
+            ("ESGF_EVENTS_WEBHOOKS_MAX_AGE", "1h"),
+            ("ESGF_EVENTS_WEBHOOKS_ALLOW", "*.example.org, 127.0.0.1"),
+            ("ESGF_EVENTS_WEBHOOKS_DENY", "10.0.0.0/8"),
         ];
         assert_eq!(samples.len(), ENV_VARS.len());
         for (name, value) in samples {
             assert!(ENV_VARS.contains(&name), "{name}");
-            let c = ServeConfig::resolve(None, env(&[(name, value)]), &ServeFlags::default()).unwrap();
+            let mut vars = vec![(name, value)];
+            match name {
+                "ESGF_EVENTS_TLS_CERT_FILE" => vars.push(("ESGF_EVENTS_TLS_KEY_FILE", "/k")),
+                "ESGF_EVENTS_TLS_KEY_FILE" => vars.push(("ESGF_EVENTS_TLS_CERT_FILE", "/c")),
+                _ => {}
+            }
+            let c = ServeConfig::resolve(None, env(&vars), &ServeFlags::default()).unwrap();
             assert_ne!(c, ServeConfig::default(), "{name} changed nothing");
         }
     }
@@ -806,6 +1265,192 @@ mod tests {
         let missing = ServeFlags { config: Some(dir.path().join("absent.toml")), ..ServeFlags::default() };
         let err = ServeConfig::load(&missing, env(&[])).unwrap_err();
         assert!(matches!(err, ConfigError::ReadFile { .. }), "{err:?}");
+    }
+
+    /// Shaped like the tokens the server issues: prefix + 43 URL-safe base64 characters.
+    const TOKEN: &str = "esgfev_Q2hhbmdlIG1lOiB0aGlzIGlzIGEgdGVzdCB0b2tlbiAhISEhISE";
+
+    #[test]
+    fn auth_and_tls_sections_set_every_key() {
+        let text = r#"
+            version = 1
+            [auth]
+            rotation_grace = "10m"
+            anonymous_rate = 5
+            anonymous_burst = 50
+            [[auth.oidc]]
+            issuer = "https://auth.globus.org"
+            audience = "esgf-events"
+            jwks_url = "https://auth.globus.org/jwk.json"
+            subject_claim = "client_id"
+            [[auth.oidc]]
+            issuer = "https://idp.example.org"
+            audience = "esgf"
+            jwks_file = "/etc/esgf/jwks.json"
+            [tls]
+            cert_file = "/etc/esgf/cert.pem"
+            key_file = "/etc/esgf/key.pem"
+        "#;
+        let c = from_file(text).unwrap();
+        assert_eq!(c.auth.rotation_grace, Duration::from_secs(600));
+        assert_eq!((c.auth.anonymous_rate, c.auth.anonymous_burst), (5, 50));
+        assert_eq!(c.auth.oidc.len(), 2);
+        assert_eq!(c.auth.oidc[0].jwks, JwksLocation::Url("https://auth.globus.org/jwk.json".into()));
+        assert_eq!(c.auth.oidc[0].subject_claim, "client_id");
+        assert_eq!(c.auth.oidc[1].jwks, JwksLocation::File("/etc/esgf/jwks.json".into()));
+        assert_eq!(c.auth.oidc[1].subject_claim, "sub", "the default claim");
+        assert_eq!(
+            c.tls,
+            Some(TlsSettings {
+                cert_file: "/etc/esgf/cert.pem".into(),
+                key_file: "/etc/esgf/key.pem".into()
+            })
+        );
+    }
+
+    #[test]
+    fn auth_defaults_are_no_grace_and_twenty_anonymous_requests_per_second() {
+        let c = ServeConfig::default();
+        assert_eq!(c.auth.rotation_grace, Duration::ZERO);
+        assert_eq!((c.auth.anonymous_rate, c.auth.anonymous_burst), (20, 100));
+        assert!(c.auth.oidc.is_empty() && c.auth.operator_token.is_none() && c.tls.is_none());
+    }
+
+    #[test]
+    fn oidc_issuer_needs_exactly_one_jwks_source_and_a_known_claim() {
+        let entry = |body: &str| {
+            from_file(&format!(
+                "version = 1\n[[auth.oidc]]\nissuer = \"https://i\"\naudience = \"a\"\n{body}\n"
+            ))
+        };
+        assert!(entry(r#"jwks_url = "https://i/jwks""#).is_ok());
+        assert!(entry(r#"jwks_url = "http://localhost:9/jwks""#).is_ok(), "a local identity provider");
+        for body in [
+            "",
+            "jwks_url = \"https://i/jwks\"\njwks_file = \"/j\"",
+            "jwks_url = \"http://idp.example.org/jwks\"",
+            "jwks_url = \"not a url\"",
+            "jwks_file = \"/j\"\nsubject_claim = \"email\"",
+            "jwks_file = \"/j\"\nsecret = \"x\"",
+        ] {
+            let err = entry(body).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::ParseFile { .. } | ConfigError::Invalid { key: "auth.oidc", .. }),
+                "{body}: {err:?}"
+            );
+        }
+        let twice = "version = 1\n[[auth.oidc]]\nissuer = \"https://i\"\naudience = \"a\"\njwks_file = \"/j\"\n\
+                     [[auth.oidc]]\nissuer = \"https://i\"\naudience = \"b\"\njwks_file = \"/k\"\n";
+        assert!(from_file(twice).unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn tls_files_are_merged_across_layers_and_must_come_together() {
+        let file = "version = 1\n[tls]\ncert_file = \"/file/cert.pem\"\n";
+        let vars = env(&[("ESGF_EVENTS_TLS_KEY_FILE", "/env/key.pem")]);
+        let c =
+            ServeConfig::resolve(Some((Path::new("f.toml"), file)), vars, &ServeFlags::default()).unwrap();
+        assert_eq!(
+            c.tls,
+            Some(TlsSettings { cert_file: "/file/cert.pem".into(), key_file: "/env/key.pem".into() })
+        );
+
+        let flags = ServeFlags {
+            tls_cert: Some("/flag/cert.pem".into()),
+            tls_key: Some("/flag/key.pem".into()),
+            ..ServeFlags::default()
+        };
+        let vars = env(&[("ESGF_EVENTS_TLS_CERT_FILE", "/env/c"), ("ESGF_EVENTS_TLS_KEY_FILE", "/env/k")]);
+        let c = ServeConfig::resolve(None, vars, &flags).unwrap();
+        assert_eq!(c.tls.unwrap().cert_file, PathBuf::from("/flag/cert.pem"), "flags win");
+
+        for lone in ["ESGF_EVENTS_TLS_CERT_FILE", "ESGF_EVENTS_TLS_KEY_FILE"] {
+            let err =
+                ServeConfig::resolve(None, env(&[(lone, "/x.pem")]), &ServeFlags::default()).unwrap_err();
+            assert!(matches!(err, ConfigError::Invalid { key: "tls", .. }), "{lone}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn operator_token_comes_from_the_environment_and_never_shows() {
+        let c =
+            ServeConfig::resolve(None, env(&[(OPERATOR_TOKEN_ENV, TOKEN)]), &ServeFlags::default()).unwrap();
+        let token = c.auth.operator_token.as_ref().expect("token");
+        assert_eq!(token.expose(), TOKEN);
+        assert!(!format!("{c:?}").contains(&TOKEN[7..]), "Debug must hide the token");
+
+        let err = from_file(&format!("version = 1\n[auth]\noperator_token = \"{TOKEN}\"\n")).unwrap_err();
+        assert!(matches!(err, ConfigError::ParseFile { .. }), "not from the file: {err:?}");
+    }
+
+    #[test]
+    fn weak_or_malformed_operator_tokens_are_refused_without_quoting_them() {
+        let short = format!("{TOKEN_PREFIX}{}", "A".repeat(MIN_OPERATOR_SECRET_CHARS - 1));
+        let no_prefix = TOKEN.replacen("esgfev_", "token_", 1);
+        let newline = format!("{TOKEN}\n");
+        let bad_chars = format!("{TOKEN}+/=");
+        for bad in [short.as_str(), no_prefix.as_str(), newline.as_str(), bad_chars.as_str(), "", "esgfev_"] {
+            let err = ServeConfig::resolve(None, env(&[(OPERATOR_TOKEN_ENV, bad)]), &ServeFlags::default())
+                .unwrap_err();
+            assert!(matches!(err, ConfigError::InvalidOperatorToken { .. }), "{err:?}");
+            let text = err.to_string();
+            assert!(text.contains(OPERATOR_TOKEN_ENV), "{text}");
+            if bad.len() > TOKEN_PREFIX.len() + 8 {
+                assert!(
+                    !text.contains(&bad[TOKEN_PREFIX.len()..TOKEN_PREFIX.len() + 8]),
+                    "quotes it: {text}"
+                );
+            }
+        }
+        let exact = format!("{TOKEN_PREFIX}{}", "A".repeat(MIN_OPERATOR_SECRET_CHARS));
+        assert!(OperatorToken::parse(&exact).is_ok());
+    }
+
+    #[test]
+    fn webhooks_section_sets_every_key_and_lists_come_comma_separated_from_the_environment() {
+        let text = "version = 1\n[webhooks]\ntimeout = \"3s\"\nmax_attempts = 4\nmax_age = \"2h\"\n\
+                    allow = [\"*.example.org\", \"127.0.0.1\"]\ndeny = [\"10.0.0.0/8\"]\n";
+        let c = from_file(text).unwrap();
+        assert_eq!(
+            c.webhooks,
+            WebhookSettings {
+                timeout: Duration::from_secs(3),
+                max_attempts: 4,
+                max_age: Duration::from_secs(7200),
+                allow: vec!["*.example.org".into(), "127.0.0.1".into()],
+                deny: vec!["10.0.0.0/8".into()],
+            }
+        );
+        let vars = env(&[("ESGF_EVENTS_WEBHOOKS_DENY", " 10.0.0.0/8 ,, fd00::/8 ")]);
+        let c = ServeConfig::resolve(None, vars, &ServeFlags::default()).unwrap();
+        assert_eq!(c.webhooks.deny, vec!["10.0.0.0/8".to_owned(), "fd00::/8".to_owned()]);
+        let d = ServeConfig::default().webhooks;
+        assert_eq!(
+            (d.timeout, d.max_attempts, d.max_age),
+            (Duration::from_secs(10), 8, Duration::from_secs(86_400))
+        );
+        assert!(d.allow.is_empty() && d.deny.is_empty(), "default: any host");
+    }
+
+    #[test]
+    fn unusable_webhook_settings_are_refused_naming_the_key() {
+        for (text, key) in [
+            ("max_attempts = 0", "webhooks.max_attempts"),
+            ("timeout = \"0s\"", "webhooks.timeout"),
+            ("allow = [\"a.*.org\"]", "webhooks.allow"),
+            ("deny = [\"10.0.0.0/40\"]", "webhooks.deny"),
+        ] {
+            match from_file(&format!("version = 1\n[webhooks]\n{text}\n")).unwrap_err() {
+                ConfigError::Invalid { key: k, .. } => assert_eq!(k, key, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn zero_anonymous_rate_is_refused() {
+        let err = from_file("version = 1\n[auth]\nanonymous_rate = 0\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { key: "auth.anonymous_rate", .. }), "{err:?}");
     }
 
     #[test]

@@ -416,7 +416,7 @@ mod tests {
 
     fn reader(wait: Duration, limit: usize) -> PartitionReader {
         PartitionReader {
-            client: Client::new("http://127.0.0.1:1", None).unwrap(),
+            client: Client::new("http://127.0.0.1:1", crate::client::ClientOptions::default()).unwrap(),
             topic: "t".into(),
             partition: 0,
             from: ReadFrom::Earliest,

@@ -1,10 +1,11 @@
 //! The `esgf-events` command: the ESGF Event Service server (`serve`) and its command-line clients (`topic`,
-//! `publish`, `consume`).
+//! `publish`, `consume`, `admin`).
 //!
 //! The binary only parses the command line and picks a runtime; everything else lives here so that it can be
 //! tested and reused: [`config`] (the server's one typed configuration), [`serve`] (start-up and shutdown),
 //! [`client`] (the HTTP API client) and one module per client command.
 
+pub mod admin;
 pub mod bench;
 pub mod cli;
 pub mod client;
@@ -19,6 +20,18 @@ use std::process::ExitCode;
 
 pub use cli::{Cli, Command};
 
+/// Makes ring the process's rustls crypto provider; call before building any TLS configuration or HTTP client.
+///
+/// rustls picks a provider by itself only when exactly one is compiled in, and dependencies can bring in both
+/// ring and aws-lc-rs, so the choice is made here, explicitly, once. Idempotent; if some other provider was
+/// installed first, that one stays.
+pub fn install_crypto_provider() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Runs a client command (anything but `serve`) to completion.
 pub async fn run_client(command: Command) -> anyhow::Result<()> {
     match command {
@@ -26,6 +39,9 @@ pub async fn run_client(command: Command) -> anyhow::Result<()> {
         Command::Topic(args) => topic::run(args).await,
         Command::Publish(args) => publish::run(args).await,
         Command::Consume(args) => consume::run(args).await,
+        Command::Admin(args) => admin::run(args).await,
+        Command::Replicate(args) => Ok(esgf_events_replica::cli::run_replicate(args).await?),
+        Command::Index(args) => Ok(esgf_events_replica::cli::run_index(args)?),
     }
 }
 

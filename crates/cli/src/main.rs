@@ -13,6 +13,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // Before any TLS configuration or HTTP client exists, in every mode.
+    esgf_events::install_crypto_provider();
     match cli.command {
         Command::Serve(flags) => {
             let config = ServeConfig::load(&flags, std::env::vars_os())?;

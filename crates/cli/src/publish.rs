@@ -10,7 +10,8 @@
 //! [`LINGER`] (so a slow stream, `tail -f | esgf-events publish`, is not held back waiting for a full batch).
 //! Each batch is one request, appended atomically by the server; batches go one at a time, in input order.
 //! If the input turns out malformed, every event before the bad one is published, then the command fails
-//! naming the bad event's position, so the rest can be resent after a fix.
+//! naming the bad event's position, so the rest can be resent after a fix. A batch refused for the producer's
+//! rate limit (429) left nothing behind; it is sent again after the `Retry-After` the server names.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,6 +31,11 @@ use crate::output::Output;
 
 /// A partial batch is sent once no new event has arrived for this long.
 pub const LINGER: Duration = Duration::from_millis(100);
+
+/// Times one batch is sent again after a 429 (over the producer's rate limit) before the command gives up.
+const MAX_RATE_LIMITED_RETRIES: u32 = 10;
+/// Longest wait before sending again, whatever `Retry-After` says.
+const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct PublishArgs {
@@ -421,7 +427,27 @@ struct Publisher<'a> {
 
 impl Publisher<'_> {
     async fn send(&mut self, batch: Batch) -> anyhow::Result<()> {
-        let response = match self.client.publish(self.topic, self.key, Bytes::from(batch.body)).await {
+        let body = Bytes::from(batch.body);
+        let mut refusals = 0;
+        let result = loop {
+            match self.client.publish(self.topic, self.key, body.clone()).await {
+                // Over the producer's rate limit: the server kept nothing of the batch, so sending it again
+                // after the wait it names cannot duplicate anything.
+                Err(err) if refusals < MAX_RATE_LIMITED_RETRIES && err.rate_limited().is_some() => {
+                    refusals += 1;
+                    let wait = err.rate_limited().unwrap_or(Duration::from_secs(1)).min(MAX_RATE_LIMIT_WAIT);
+                    self.progress.suspend(|| {
+                        eprintln!(
+                            "note: over this producer's rate limit; sending again in {}s",
+                            wait.as_secs_f32()
+                        )
+                    });
+                    tokio::time::sleep(wait).await;
+                }
+                other => break other,
+            }
+        };
+        let response = match result {
             Ok(response) => response,
             Err(err) => {
                 self.progress.finish_and_clear();

@@ -1,53 +1,99 @@
 //! `esgf-events serve`: the HTTP API over the embedded log, with its lifecycle.
 //!
-//! Start-up: install logging (text or JSON, to stderr), open the log (crash recovery happens here, on a
-//! blocking thread), bind the listener, then log exactly one `listening` event whose `http_addr` field is the
-//! bound address (tests bind port 0 and read it from there). A non-loopback address draws a warning: there is
-//! no TLS yet. A retention pass runs right after start-up (in the background, so it never delays readiness)
-//! and then every `storage.retention_check_interval`.
+//! Start-up: install logging (text or JSON, to stderr), load the TLS certificate if one is configured (before
+//! anything slow, so a bad file fails at once), open the log (crash recovery happens here, on a blocking thread),
+//! open the state store (`<data_dir>/state.redb`) and access control on it, make sure an operator credential
+//! exists, bind the listener, then log exactly one `listening` event whose `http_addr` field is the bound
+//! address (tests bind port 0 and read it from there). A retention pass runs right after start-up (in the
+//! background, so it never delays readiness) and then every `storage.retention_check_interval`.
+//!
+//! With `kafka.addr` set (`--kafka-addr`), the Kafka protocol endpoint ([`esgf_events_kafka`]) serves the same
+//! log, access control and TLS there, and logs its own `listening` event with a `kafka_addr` field; it stops
+//! accepting when shutdown begins and finishes within its own short grace.
+//!
+//! Access control is always on. The operator credential is `ESGF_EVENTS_OPERATOR_TOKEN` when set; otherwise, on
+//! first start, a token is generated into `<data_dir>/operator.token` (mode 0600) and the file's path, never the
+//! token, is logged. Plain HTTP on a non-loopback address draws a warning: tokens and events would travel in
+//! clear text.
 //!
 //! Shutdown, on SIGINT or SIGTERM:
 //! 1. the listener stops accepting connections and `/readyz` turns 503;
 //! 2. requests in flight are drained: the HTTP server returns once they have been answered. Drain is bounded
 //!    by `http.max_wait` plus [`DRAIN_GRACE`]; a second signal cuts it short;
-//! 3. the retention task is stopped;
-//! 4. the log is shut down: appends in flight finish and everything is fsync'd;
-//! 5. "shutdown complete" is logged and the process exits 0.
+//! 3. the webhook dispatcher stops: each delivery in flight finishes (bounded by `webhooks.timeout`) and every
+//!    subscription's cursors are committed;
+//! 4. the retention task is stopped;
+//! 5. the log is shut down: appends in flight finish and everything is fsync'd;
+//! 6. "shutdown complete" is logged and the process exits 0.
+//!
+//! Webhooks: the dispatcher starts once the HTTP address is bound (that address is always refused as a webhook
+//! URL). Their signing secrets live in the state file, which HMAC needs in the clear, so the state file is made
+//! readable by this user only (0600).
 //!
 //! Every acknowledged event was already durable before its acknowledgement (unless `durability = "relaxed"`),
 //! so a forced stop loses nothing acknowledged; the steps above make even the relaxed mode lose nothing.
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use esgf_events_auth::{Auth, AuthConfig, Bootstrap, JwksSource, OidcIssuerConfig, RateSpec};
 use esgf_events_engine::{Durability, EmbeddedConfig, EmbeddedStore, LogStore, Retention, SystemClock};
 use esgf_events_http::HttpConfig;
+use esgf_events_meta::{MetaStore, RedbMetaStore};
+use esgf_events_webhooks::{Dispatcher, WebhookConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{DurabilityMode, LogFormat, LogSettings, ServeConfig, format_duration};
+use crate::config::{DurabilityMode, JwksLocation, LogFormat, LogSettings, ServeConfig, format_duration};
 
 /// How much longer than the longest long-poll the drain may take before the server stops waiting.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
+/// The state store (principals, topic access, audit log), inside the data directory.
+pub const STATE_FILE: &str = "state.redb";
+
+/// Where the generated operator token goes, inside the data directory.
+pub const OPERATOR_TOKEN_FILE: &str = "operator.token";
+
 /// Runs the server until SIGINT or SIGTERM, then shuts it down cleanly (see the module doc).
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     init_tracing(&config.log);
+    crate::install_crypto_provider();
     info!(
         version = env!("CARGO_PKG_VERSION"),
         data_dir = %config.storage.data_dir.display(),
         durability = %config.storage.durability,
         default_retention = %config.storage.default_retention,
         max_connections = config.http.max_connections,
+        tls = config.tls.is_some(),
+        oidc_issuers = config.auth.oidc.len(),
         "starting esgf-events"
     );
     // The engine itself warns when durability is relaxed.
 
+    let tls = match &config.tls {
+        Some(tls) => {
+            let loaded = esgf_events_http::load_tls(&tls.cert_file, &tls.key_file)
+                .context("cannot load the TLS certificate and key")?;
+            info!(cert_file = %tls.cert_file.display(), "TLS certificate loaded");
+            Some(loaded)
+        }
+        None => None,
+    };
+
     let store = open_store(&config).await?;
+    let (auth, meta) = match open_auth(&config).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            close_store(store.as_ref()).await;
+            return Err(e);
+        }
+    };
 
     // Installed before "listening" so that a signal sent as soon as the server is up is not lost.
     let mut signals = Signals::install().context("installing signal handlers")?;
@@ -60,14 +106,63 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
     };
     let http_addr = listener.local_addr().context("reading the bound address")?;
-    info!(%http_addr, "listening");
-    if !http_addr.ip().is_loopback() {
+    info!(%http_addr, tls = tls.is_some(), "listening");
+    if tls.is_none() && !http_addr.ip().is_loopback() {
         warn!(
             %http_addr,
-            "listening on a non-loopback address WITHOUT TLS: events travel in clear text; put a TLS-terminating \
-             reverse proxy in front or bind to 127.0.0.1"
+            "listening on a non-loopback address WITHOUT TLS: tokens and events travel in clear text; configure \
+             [tls] (--tls-cert/--tls-key), put a TLS-terminating reverse proxy in front, or bind to 127.0.0.1"
         );
     }
+
+    let webhooks = match start_webhooks(&config, &store, &meta, &auth, http_addr).await {
+        Ok(webhooks) => webhooks,
+        Err(e) => {
+            close_store(store.as_ref()).await;
+            return Err(e);
+        }
+    };
+
+    let kafka_listener = match config.kafka.addr {
+        None => None,
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                close_store(store.as_ref()).await;
+                return Err(e).with_context(|| format!("cannot listen for Kafka clients on {addr}"));
+            }
+        },
+    };
+    let (stop_kafka, kafka_stopped) = watch::channel(false);
+    let kafka = match kafka_listener {
+        None => None,
+        Some(listener) => {
+            let kafka_addr = listener.local_addr().context("reading the bound Kafka address")?;
+            info!(%kafka_addr, tls = tls.is_some(), "listening");
+            let kafka_config = esgf_events_kafka::KafkaConfig {
+                advertised_host: config
+                    .kafka
+                    .advertised_host
+                    .clone()
+                    .unwrap_or_else(|| kafka_addr.ip().to_string()),
+                // Public topics are readable without credentials over HTTP; the same holds over Kafka.
+                allow_anonymous_public_read: true,
+                max_connections: config.http.max_connections,
+                tls: tls.clone(),
+                ..esgf_events_kafka::KafkaConfig::default()
+            };
+            let ctx = esgf_events_kafka::KafkaContext {
+                store: Arc::clone(&store),
+                auth: Some(Arc::clone(&auth)),
+                offsets: esgf_events_meta::offsets::GroupOffsets::new(Arc::clone(&meta)),
+                config: kafka_config,
+            };
+            let mut stopped = kafka_stopped;
+            Some(tokio::spawn(esgf_events_kafka::run(listener, ctx, async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })))
+        }
+    };
 
     let (stop_retention, retention_stopped) = watch::channel(false);
     let retention = tokio::spawn(retention_loop(
@@ -83,6 +178,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         let signal = signals.recv().await;
         info!(signal, "shutdown requested: no longer accepting connections, draining requests in flight");
         let _ = drain_tx.send(());
+        let _ = stop_kafka.send(true);
         tokio::select! {
             signal = signals.recv() => warn!(signal, "second signal: not waiting for requests in flight"),
             () = tokio::time::sleep(drain_limit) => {
@@ -92,7 +188,16 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         let _ = force_tx.send(());
     });
 
-    let server = esgf_events_http::run(listener, Arc::clone(&store), http_config(&config), async move {
+    let server = esgf_events_http::Server {
+        store: Arc::clone(&store),
+        auth: Some(auth),
+        config: http_config(&config),
+        tls,
+        // The same committed offsets as the Kafka endpoint: a group can move between protocols.
+        offsets: Some(esgf_events_meta::offsets::GroupOffsets::new(Arc::clone(&meta))),
+        webhooks: Some(Arc::clone(&webhooks) as Arc<dyn esgf_events_webhooks::SubscriptionControl>),
+    };
+    let server = esgf_events_http::serve(listener, server, async move {
         // An error means the watcher is gone, which only happens on the way out: stop too.
         let _ = drain_rx.await;
     });
@@ -104,6 +209,18 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     if let Err(e) = &served {
         error!(error = %format!("{e:#}"), "HTTP server stopped unexpectedly");
     }
+
+    if let Some(kafka) = kafka {
+        // The watcher already told it to stop; it bounds its own drain.
+        match kafka.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(error = %e, "Kafka endpoint stopped with an error"),
+            Err(e) => error!(error = %e, "Kafka endpoint task failed"),
+        }
+    }
+
+    // After the HTTP drain (no request can create or change a subscription any more), before the log closes.
+    webhooks.shutdown().await;
 
     let _ = stop_retention.send(true);
     if let Err(e) = retention.await {
@@ -174,6 +291,115 @@ async fn open_store(config: &ServeConfig) -> anyhow::Result<Arc<dyn LogStore>> {
         .with_context(|| format!("cannot open the event log in {}", data_dir.display()))?;
     info!(elapsed_ms = started.elapsed().as_millis() as u64, "event log open");
     Ok(Arc::new(store))
+}
+
+/// Access control's settings, from the service's.
+pub fn auth_config(config: &ServeConfig) -> AuthConfig {
+    let a = &config.auth;
+    AuthConfig {
+        oidc: a
+            .oidc
+            .iter()
+            .map(|o| OidcIssuerConfig {
+                issuer: o.issuer.clone(),
+                audience: o.audience.clone(),
+                jwks: match &o.jwks {
+                    JwksLocation::File(path) => JwksSource::File(path.clone()),
+                    JwksLocation::Url(url) => JwksSource::Url(url.clone()),
+                },
+                subject_claim: o.subject_claim.clone(),
+            })
+            .collect(),
+        rotation_grace: a.rotation_grace,
+        anonymous_per_ip: RateSpec {
+            events_per_second: a.anonymous_rate,
+            burst: a.anonymous_burst,
+            bytes_per_second: None,
+            burst_bytes: None,
+        },
+    }
+}
+
+/// Opens the state store and access control on it, and makes sure an operator credential exists.
+async fn open_auth(config: &ServeConfig) -> anyhow::Result<(Arc<Auth>, Arc<dyn MetaStore>)> {
+    let data_dir = &config.storage.data_dir;
+    let state_path = data_dir.join(STATE_FILE);
+    let path = state_path.clone();
+    let meta = tokio::task::spawn_blocking(move || RedbMetaStore::open(&path))
+        .await
+        .context("the thread opening the state store failed")?
+        .with_context(|| format!("cannot open the state store {}", state_path.display()))?;
+    let meta: Arc<dyn MetaStore> = Arc::new(meta);
+    let auth =
+        Auth::open(Arc::clone(&meta), auth_config(config)).await.context("cannot start access control")?;
+
+    let token_file = data_dir.join(OPERATOR_TOKEN_FILE);
+    let env_token = config.auth.operator_token.as_ref().map(|t| t.expose());
+    let bootstrap = auth
+        .bootstrap_operator(&token_file, env_token)
+        .await
+        .context("cannot set up the operator credential")?;
+    // The path, never the token: logs are copied to places a secret must not go.
+    match bootstrap {
+        Bootstrap::Created(path) => info!(
+            token_file = %path.display(),
+            "generated the operator token; it is in this file (readable by this user only): use it with \
+             `esgf-events admin ... --token-file`, and keep it secret"
+        ),
+        Bootstrap::FromEnv => {
+            info!("operator credential taken from ESGF_EVENTS_OPERATOR_TOKEN");
+            if token_file.exists() {
+                warn!(
+                    token_file = %token_file.display(),
+                    "this operator token file is stale: ESGF_EVENTS_OPERATOR_TOKEN replaced its token; delete it"
+                );
+            }
+        }
+        Bootstrap::Existing => info!("operator credential already set up"),
+    }
+    Ok((Arc::new(auth), meta))
+}
+
+/// The webhook dispatcher's settings, from the service's; `http_addr` (the bound API address) is never a valid
+/// webhook URL.
+pub fn webhook_config(config: &ServeConfig, http_addr: SocketAddr) -> WebhookConfig {
+    let w = &config.webhooks;
+    WebhookConfig {
+        timeout: w.timeout,
+        max_attempts: w.max_attempts,
+        max_age: w.max_age,
+        allow: w.allow.clone(),
+        deny: w.deny.clone(),
+        own_addresses: vec![http_addr],
+        ..WebhookConfig::default()
+    }
+}
+
+/// Restricts the state file to this user (it holds webhook signing secrets), then starts delivering webhooks.
+async fn start_webhooks(
+    config: &ServeConfig,
+    store: &Arc<dyn LogStore>,
+    meta: &Arc<dyn MetaStore>,
+    auth: &Arc<Auth>,
+    http_addr: SocketAddr,
+) -> anyhow::Result<Arc<Dispatcher>> {
+    let state_path = config.storage.data_dir.join(STATE_FILE);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&state_path, std::fs::Permissions::from_mode(0o600)).with_context(|| {
+            format!("cannot restrict the state file {} to mode 0600", state_path.display())
+        })?;
+    }
+    let dispatcher = Dispatcher::start_with_access(
+        Arc::clone(store),
+        Arc::clone(meta),
+        webhook_config(config, http_addr),
+        esgf_events_http::webhook_access(Arc::clone(auth)),
+    )
+    .await
+    .context("cannot start webhook delivery")?;
+    Ok(Arc::new(dispatcher))
 }
 
 /// Best effort, on a start-up failure after the log was opened.
@@ -247,7 +473,7 @@ impl Signals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RetentionPeriod;
+    use crate::config::{OidcSettings, RetentionPeriod};
     use async_trait::async_trait;
     use esgf_events_engine::{
         AppendOutcome, NewRecord, PartitionOffsets, ReadLimits, ReadResult, RetentionReport, StoreError,
@@ -291,6 +517,40 @@ mod tests {
         assert_eq!(http.default_retention, Retention { max_age: None, max_bytes: None });
         let default = http_config(&ServeConfig::default());
         assert_eq!(default.default_retention, Retention::DEFAULT);
+    }
+
+    #[test]
+    fn access_control_gets_the_auth_settings() {
+        let mut config = ServeConfig::default();
+        config.auth.rotation_grace = Duration::from_secs(60);
+        config.auth.anonymous_rate = 3;
+        config.auth.anonymous_burst = 9;
+        config.auth.oidc.push(OidcSettings {
+            issuer: "https://auth.globus.org".into(),
+            audience: "esgf-events".into(),
+            jwks: JwksLocation::File("/etc/jwks.json".into()),
+            subject_claim: "client_id".into(),
+        });
+        let auth = auth_config(&config);
+        assert_eq!(auth.rotation_grace, Duration::from_secs(60));
+        assert_eq!((auth.anonymous_per_ip.events_per_second, auth.anonymous_per_ip.burst), (3, 9));
+        assert_eq!(auth.oidc.len(), 1);
+        assert_eq!(auth.oidc[0].subject_claim, "client_id");
+        assert!(matches!(&auth.oidc[0].jwks, JwksSource::File(p) if p.ends_with("jwks.json")));
+    }
+
+    #[test]
+    fn webhook_delivery_gets_its_settings_and_refuses_the_api_address() {
+        let mut config = ServeConfig::default();
+        config.webhooks.timeout = Duration::from_secs(3);
+        config.webhooks.max_attempts = 2;
+        config.webhooks.deny = vec!["10.0.0.0/8".into()];
+        let addr: SocketAddr = "127.0.0.1:4321".parse().unwrap();
+        let webhooks = webhook_config(&config, addr);
+        assert_eq!((webhooks.timeout, webhooks.max_attempts), (Duration::from_secs(3), 2));
+        assert_eq!(webhooks.max_age, config.webhooks.max_age);
+        assert_eq!(webhooks.deny, config.webhooks.deny);
+        assert_eq!(webhooks.own_addresses, vec![addr]);
     }
 
     /// Reports each retention pass; refuses everything else.

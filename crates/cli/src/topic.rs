@@ -140,8 +140,14 @@ fn describe_lines(t: &TopicDescription) -> Vec<String> {
         format!("retention bytes:  {}", bytes_limit(t.retention_bytes)),
         format!("created:          {}", t.created.as_deref().unwrap_or("unknown")),
         format!("retained events:  {}", retained(&t.offsets)),
-        String::new(),
     ];
+    if let Some(public) = t.public {
+        lines.push(format!(
+            "public:           {}",
+            if public { "yes (anyone may read it without a token)" } else { "no" }
+        ));
+    }
+    lines.push(String::new());
     let rows: Vec<Vec<String>> = t
         .offsets
         .iter()
@@ -166,7 +172,8 @@ mod tests {
         serde_json::from_str(
             r#"{"name":"esgf2.publications","partitions":2,"retention":"90d","retention_bytes":null,
                 "created":"2026-11-27T10:00:00.000Z",
-                "offsets":[{"partition":0,"earliest":0,"latest":5},{"partition":1,"earliest":3,"latest":10}]}"#,
+                "offsets":[{"partition":0,"earliest":0,"latest":5},{"partition":1,"earliest":3,"latest":10}],
+                "public":false}"#,
         )
         .unwrap()
     }
@@ -176,6 +183,7 @@ mod tests {
         let lines = describe_lines(&topic());
         assert!(lines.contains(&"retained events:  12".to_owned()), "{lines:#?}");
         assert!(lines.contains(&"retention bytes:  none".to_owned()), "{lines:#?}");
+        assert!(lines.contains(&"public:           no".to_owned()), "{lines:#?}");
         let tail: Vec<_> = lines.iter().rev().take(3).rev().cloned().collect();
         assert_eq!(
             tail,

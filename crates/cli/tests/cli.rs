@@ -2,48 +2,18 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output};
 use std::thread;
-use std::time::Duration;
 
 use common::{BIN, Server, fixture_events, fixtures_dir};
 use serde_json::Value;
 
-/// Longest any one CLI invocation may take before the test fails.
-const CLI_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Runs `esgf-events ARGS --server URL`, feeding `stdin`, and returns its output (bounded by [`CLI_TIMEOUT`]).
+/// Runs `esgf-events ARGS --server URL` as the operator (token in `ESGF_EVENTS_TOKEN`), feeding `stdin`, and
+/// returns its output (bounded by [`common::CLI_TIMEOUT`]).
 fn run(server: &Server, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut command = Command::new(BIN);
-    command.args(args).arg("--server").arg(server.url()).env("NO_COLOR", "1");
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("ESGF_EVENTS_") {
-            command.env_remove(name);
-        }
-    }
-    command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("piped stdin");
-        pipe.write_all(input).expect("write stdin");
-        // Dropping the pipe closes it: end of input.
-    }
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(CLI_TIMEOUT) {
-        Ok(output) => output.expect("CLI output"),
-        Err(_) => {
-            // SAFETY: kill(2) on our own child; it cannot have been reaped, its waiter has not returned.
-            unsafe { libc::kill(libc::pid_t::try_from(pid).expect("pid"), libc::SIGKILL) };
-            panic!("`esgf-events {}` did not finish within {CLI_TIMEOUT:?}", args.join(" "));
-        }
-    }
+    command.args(args).arg("--server").arg(server.url()).env("ESGF_EVENTS_TOKEN", server.operator_token());
+    common::run_cli(command, stdin)
 }
 
 fn stdout(output: &Output) -> String {

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use common::{Placement, Server};
 use reqwest::StatusCode;
-use reqwest::blocking::Client;
 
 const PRODUCERS: u64 = 4;
 const KILLS: usize = 24;
@@ -156,7 +155,7 @@ impl Shared {
 }
 
 fn producer(producer: u64, seed: u64, shared: &Shared) {
-    let client = Client::builder()
+    let client = common::client_builder(Some(common::operator_token()), None)
         .timeout(Duration::from_secs(10))
         .connect_timeout(Duration::from_secs(2))
         .build()

@@ -118,6 +118,24 @@ pub(crate) async fn guard(
         (Access::ReadAudit, _) => Some(Action::ReadAudit),
         _ => None,
     };
+    if spec.access == Access::Group && identity.is_none() {
+        return ApiError::Unauthenticated {
+            detail: "consumer groups belong to principals: this request needs credentials \
+                     (Authorization: Bearer <token>)"
+                .to_owned(),
+            invalid_token: false,
+        }
+        .into_response();
+    }
+    if spec.access == Access::Subscriptions && identity.is_none() {
+        return ApiError::Unauthenticated {
+            detail: "webhook subscriptions belong to principals: this request needs credentials \
+                     (Authorization: Bearer <token>)"
+                .to_owned(),
+            invalid_token: false,
+        }
+        .into_response();
+    }
     if let Some(action) = action
         && let Err(denied) = auth.authorize(identity.as_ref(), action)
     {

@@ -69,6 +69,15 @@ pub(crate) fn query_pairs(query: Result<Query<QueryPairs>, QueryRejection>) -> R
 
 /// Checks that every parameter is one of `allowed` and none is given twice, naming all offenders at once.
 pub(crate) fn check_query(pairs: &[(String, String)], allowed: &[&str]) -> Result<(), ApiError> {
+    check_query_repeatable(pairs, allowed, &[])
+}
+
+/// [`check_query`], except that the parameters in `repeatable` may be given several times (`filter=`).
+pub(crate) fn check_query_repeatable(
+    pairs: &[(String, String)],
+    allowed: &[&str],
+    repeatable: &[&str],
+) -> Result<(), ApiError> {
     let mut unknown: Vec<String> = Vec::new();
     for (name, _) in pairs {
         if !allowed.contains(&name.as_str()) && !unknown.contains(name) {
@@ -83,7 +92,7 @@ pub(crate) fn check_query(pairs: &[(String, String)], allowed: &[&str]) -> Resul
         });
     }
     for (i, (name, _)) in pairs.iter().enumerate() {
-        if pairs[..i].iter().any(|(earlier, _)| earlier == name) {
+        if !repeatable.contains(&name.as_str()) && pairs[..i].iter().any(|(earlier, _)| earlier == name) {
             return Err(ApiError::InvalidQuery {
                 detail: format!("query parameter '{name}' is given more than once"),
                 parameters: vec![name.clone()],
@@ -96,6 +105,11 @@ pub(crate) fn check_query(pairs: &[(String, String)], allowed: &[&str]) -> Resul
 /// The value of parameter `name`, if given (after [`check_query`], there is at most one).
 pub(crate) fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+/// Every value of parameter `name`, in order.
+pub(crate) fn query_values<'a>(pairs: &'a [(String, String)], name: &'a str) -> impl Iterator<Item = &'a str> {
+    pairs.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str())
 }
 
 /// An `invalid-query` error about one parameter.
@@ -135,6 +149,15 @@ mod tests {
     fn repeated_query_parameter_is_refused() {
         let err = check_query(&pairs(&[("limit", "1"), ("limit", "2")]), &["limit"]).expect_err("repeated");
         assert!(err.to_string().contains("more than once"));
+    }
+
+    #[test]
+    fn repeatable_parameters_may_repeat_and_others_still_may_not() {
+        let list = pairs(&[("filter", "a:1"), ("filter", "b:2"), ("limit", "1")]);
+        assert!(check_query_repeatable(&list, &["filter", "limit"], &["filter"]).is_ok());
+        assert_eq!(query_values(&list, "filter").collect::<Vec<_>>(), ["a:1", "b:2"]);
+        let list = pairs(&[("limit", "1"), ("limit", "2")]);
+        assert!(check_query_repeatable(&list, &["filter", "limit"], &["filter"]).is_err());
     }
 
     #[test]

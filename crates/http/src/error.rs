@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use esgf_events_auth::{AdminError, AuthError, Denied, RateLimited};
+use esgf_events_auth::{AdminError, AuthError, Denied, GroupAccessError, RateLimited};
 use esgf_events_engine::StoreError;
+use esgf_events_meta::offsets::OffsetsError;
+use esgf_events_webhooks::WebhookError;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -57,6 +59,29 @@ pub(crate) enum ApiError {
     Admin(#[from] AdminError),
     #[error("access control is not enabled on this server")]
     AccessControlDisabled,
+    /// Every event-stream slot (`HttpConfig::max_streams`) is taken.
+    #[error("the server is serving its maximum of {max} event streams; retry later")]
+    TooManyStreams { max: usize },
+    /// The server was built without a state store for consumer-group offsets.
+    #[error("consumer groups are not available on this server")]
+    GroupsUnavailable,
+    #[error(transparent)]
+    Offsets(#[from] OffsetsError),
+    /// The server was built without a webhook dispatcher.
+    #[error("webhook subscriptions are not available on this server")]
+    WebhooksUnavailable,
+    /// Built by `From<WebhookError>` (`subscriptions.rs`), which turns the log's own errors into [`ApiError::Store`].
+    #[error(transparent)]
+    Webhook(WebhookError),
+}
+
+impl From<GroupAccessError> for ApiError {
+    fn from(err: GroupAccessError) -> Self {
+        match err {
+            GroupAccessError::Denied(denied) => ApiError::Forbidden(denied),
+            GroupAccessError::Store(admin) => ApiError::Admin(admin),
+        }
+    }
 }
 
 impl ApiError {
@@ -117,6 +142,25 @@ impl ApiError {
                 AdminError::Meta(_) => "storage-error",
             },
             ApiError::AccessControlDisabled => "access-control-disabled",
+            ApiError::TooManyStreams { .. } => "too-many-streams",
+            ApiError::GroupsUnavailable => "consumer-groups-unavailable",
+            ApiError::Offsets(e) => match e {
+                OffsetsError::Meta(_) => "storage-error",
+                OffsetsError::Corrupt { .. } => "corrupt-data",
+                OffsetsError::InvalidName(_) => "invalid-request",
+            },
+            ApiError::WebhooksUnavailable => "webhooks-unavailable",
+            ApiError::Webhook(e) => match e {
+                WebhookError::NotFound(_) => "subscription-not-found",
+                WebhookError::UrlRefused(_) => "webhook-url-refused",
+                WebhookError::Invalid(_) => "invalid-request",
+                WebhookError::Paused(_) => "subscription-paused",
+                WebhookError::Limit { .. } => "subscription-limit",
+                WebhookError::Store(_) | WebhookError::Meta(_) => "storage-error",
+                WebhookError::Corrupt { .. } => "corrupt-data",
+                WebhookError::ShuttingDown => "shutting-down",
+                WebhookError::Secret(_) | WebhookError::Client(_) => "internal-error",
+            },
         }
     }
 
@@ -126,16 +170,20 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             "topic-exists" | "principal-exists" => StatusCode::CONFLICT,
+            "subscription-not-found" => StatusCode::NOT_FOUND,
+            "subscription-paused" | "subscription-limit" => StatusCode::CONFLICT,
+            "webhooks-unavailable" => StatusCode::NOT_IMPLEMENTED,
+            "internal-error" => StatusCode::INTERNAL_SERVER_ERROR,
             "unauthenticated" => StatusCode::UNAUTHORIZED,
             "forbidden" => StatusCode::FORBIDDEN,
             "rate-limited" => StatusCode::TOO_MANY_REQUESTS,
-            "access-control-disabled" => StatusCode::NOT_IMPLEMENTED,
+            "access-control-disabled" | "consumer-groups-unavailable" => StatusCode::NOT_IMPLEMENTED,
             "offset-out-of-range" => StatusCode::RANGE_NOT_SATISFIABLE,
             "event-too-large" | "batch-too-large" | "body-too-large" => StatusCode::PAYLOAD_TOO_LARGE,
             "unsupported-media-type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "method-not-allowed" => StatusCode::METHOD_NOT_ALLOWED,
             "corrupt-data" | "storage-error" => StatusCode::INTERNAL_SERVER_ERROR,
-            "shutting-down" => StatusCode::SERVICE_UNAVAILABLE,
+            "shutting-down" | "too-many-streams" => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -166,6 +214,14 @@ impl ApiError {
             "principal-exists" => "Principal already exists",
             "principal-not-found" => "Principal not found",
             "access-control-disabled" => "Access control disabled",
+            "too-many-streams" => "Too many streams",
+            "consumer-groups-unavailable" => "Consumer groups unavailable",
+            "subscription-not-found" => "Subscription not found",
+            "webhook-url-refused" => "Webhook URL refused",
+            "subscription-paused" => "Subscription paused",
+            "subscription-limit" => "Too many subscriptions",
+            "webhooks-unavailable" => "Webhooks unavailable",
+            "internal-error" => "Internal error",
             _ => "Invalid request",
         }
     }
@@ -179,9 +235,19 @@ impl ApiError {
             ApiError::Store(StoreError::Io { .. } | StoreError::Backend(_)) => {
                 "the storage backend failed; the details are in the server log".to_owned()
             }
-            ApiError::Admin(AdminError::Meta(_)) => {
+            ApiError::Admin(AdminError::Meta(_)) | ApiError::Offsets(OffsetsError::Meta(_)) => {
                 "the state store failed; the details are in the server log".to_owned()
             }
+            ApiError::Offsets(OffsetsError::Corrupt { .. }) => {
+                "a stored consumer-group offset failed its check; the details are in the server log".to_owned()
+            }
+            ApiError::Webhook(
+                WebhookError::Store(_)
+                | WebhookError::Meta(_)
+                | WebhookError::Corrupt { .. }
+                | WebhookError::Secret(_)
+                | WebhookError::Client(_),
+            ) => "the webhook service failed; the details are in the server log".to_owned(),
             other => other.to_string(),
         }
     }
@@ -221,6 +287,12 @@ impl ApiError {
             }
             ApiError::BatchTooLarge { events, max } => json!({ "events": events, "max_events": max }),
             ApiError::BodyTooLarge { max } => json!({ "max_bytes": max }),
+            ApiError::TooManyStreams { max } => json!({ "max_streams": max }),
+            ApiError::Webhook(WebhookError::UrlRefused(refused)) => json!({ "rule": refused.rule }),
+            ApiError::Webhook(WebhookError::Limit { max, .. }) => json!({ "max_subscriptions": max }),
+            ApiError::Webhook(WebhookError::NotFound(id) | WebhookError::Paused(id)) => {
+                json!({ "subscription": id })
+            }
             ApiError::InvalidQuery { parameters, .. } if !parameters.is_empty() => {
                 json!({ "parameters": parameters })
             }
@@ -256,6 +328,12 @@ impl ApiError {
             detail: self.detail(),
             extensions,
         }
+    }
+
+    /// The problem document as JSON text, for errors that must travel inside another body (a stream's last
+    /// event).
+    pub(crate) fn problem_json(&self) -> String {
+        serde_json::to_string(&self.problem()).unwrap_or_default()
     }
 
     /// The problem document as a JSON value, for inspection in tests.
@@ -303,6 +381,9 @@ impl IntoResponse for ApiError {
                     r#"Bearer realm="esgf-events""#
                 };
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            }
+            ApiError::TooManyStreams { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             ApiError::RateLimited { policy, limited } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds(limited.retry_after)));

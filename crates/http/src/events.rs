@@ -3,11 +3,12 @@
 //! Publishing stores each event's exact JSON bytes (no re-serialization), keyed like the ESGF envelope says and
 //! partitioned like Kafka's default partitioner. A request is validated whole, and charged against the producer's
 //! rate limit, before anything is appended, so a refused batch leaves nothing behind. Reading embeds the stored
-//! bytes back verbatim.
+//! bytes back verbatim, or as CloudEvents (`format=cloudevents`); it may start at a consumer group's committed
+//! offset (`group=`) and keep only the events that pass server-side filters (`filter=`, `key_prefix=`).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -15,15 +16,18 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use esgf_events_engine::{AppendOutcome, NewRecord, ReadLimits, ReadResult, Record, StoreError};
-use serde::{Deserialize, Serialize};
+use esgf_events_engine::{AppendOutcome, NewRecord, ReadLimits, Record, StoreError};
+use esgf_events_envelope::{RecordRef, Selector, base64, record_key, to_cloudevent};
+use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::access::Caller;
 use crate::body::{
-    QueryPairs, check_query, invalid_param, path_param, query_pairs, query_value, read_body, require_json,
+    QueryPairs, check_query, check_query_repeatable, invalid_param, path_param, query_pairs, query_value,
+    query_values, read_body, require_json,
 };
 use crate::error::{ApiError, close_connection};
+use crate::groups::{committed, open_group};
 use crate::partitioner::partition_for_key;
 use crate::topics::format_timestamp;
 use crate::{DEFAULT_READ_LIMIT, HttpConfig, SharedState};
@@ -101,7 +105,7 @@ async fn publish_body(
     let mut round_robin = None;
     let mut groups: BTreeMap<u32, (Vec<usize>, Vec<NewRecord>)> = BTreeMap::new();
     for (index, event) in events.iter().enumerate() {
-        let key = query_key.clone().or_else(|| envelope_key(event.get()).map(Bytes::from));
+        let key = query_key.clone().or_else(|| record_key(event.get()).map(Bytes::from));
         let partition = match &key {
             Some(key) => partition_for_key(key, info.partitions),
             // All unkeyed events of one request share a partition, so an unkeyed batch stays one atomic append.
@@ -170,46 +174,6 @@ fn split_events<'a>(body: &'a [u8], config: &HttpConfig) -> Result<Vec<&'a RawVa
         }
     }
     Ok(events)
-}
-
-/// Just enough of the ESGF envelope to find the key, `data.payload.item.id` or else `data.payload.item_id`.
-/// Each level is kept raw so unrelated members are skipped without being built into values, and a level of an
-/// unexpected type only means "no key here" rather than failing the event.
-#[derive(Deserialize)]
-struct Level<'a> {
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    payload: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    item: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    item_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    id: Option<&'a RawValue>,
-}
-
-fn level(raw: &str) -> Option<Level<'_>> {
-    if !raw.starts_with('{') {
-        return None;
-    }
-    serde_json::from_str(raw).ok()
-}
-
-/// The event's key per the envelope, if it has one. Strings give their text; numbers their JSON spelling.
-pub(crate) fn envelope_key(event: &str) -> Option<Vec<u8>> {
-    let payload = level(level(level(event)?.data?.get())?.payload?.get())?;
-    let from_item = payload.item.and_then(|item| level(item.get())).and_then(|item| item.id);
-    from_item.and_then(key_text).or_else(|| payload.item_id.and_then(key_text))
-}
-
-fn key_text(raw: &RawValue) -> Option<Vec<u8>> {
-    let text = raw.get();
-    match text.as_bytes().first()? {
-        b'"' => serde_json::from_str::<Cow<'_, str>>(text).ok().map(|s| s.into_owned().into_bytes()),
-        b'-' | b'0'..=b'9' => Some(text.as_bytes().to_vec()),
-        _ => None,
-    }
 }
 
 /// Appends each partition's events as one batch (concurrently when there are several) and maps the offsets
@@ -291,15 +255,51 @@ pub(crate) enum Start {
     Since(i64),
 }
 
+/// How events are rendered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// The stored event JSON, as published.
+    Native,
+    /// Each event as a CloudEvents 1.0 JSON document (structured mode).
+    CloudEvents,
+}
+
+/// `format=`: `cloudevents`, or `native` (the default).
+pub(crate) fn parse_format(pairs: &[(String, String)]) -> Result<Format, ApiError> {
+    match query_value(pairs, "format") {
+        None | Some("native") => Ok(Format::Native),
+        Some("cloudevents") => Ok(Format::CloudEvents),
+        Some(_) => Err(invalid_param("format", "must be 'cloudevents' or 'native' (the default)")),
+    }
+}
+
+/// `filter=` (any number, ANDed) and `key_prefix=`.
+pub(crate) fn parse_selector(pairs: &[(String, String)]) -> Result<Selector, ApiError> {
+    let key_prefix = query_value(pairs, "key_prefix");
+    if key_prefix == Some("") {
+        return Err(invalid_param("key_prefix", "must not be empty; omit it to select every key"));
+    }
+    Selector::parse(query_values(pairs, "filter"), key_prefix).map_err(|err| invalid_param("filter", err))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ReadQuery {
     pub(crate) partition: u32,
     pub(crate) start: Start,
     pub(crate) limit: usize,
     pub(crate) wait: Duration,
+    /// Start at this consumer group's committed offset.
+    pub(crate) group: Option<String>,
+    pub(crate) format: Format,
+    pub(crate) selector: Selector,
 }
 
-const READ_PARAMS: [&str; 5] = ["partition", "offset", "since", "limit", "wait"];
+const READ_PARAMS: [&str; 9] =
+    ["partition", "offset", "since", "limit", "wait", "group", "format", "filter", "key_prefix"];
+
+/// Records one filtered read may look at before answering (with what it found, maybe nothing, and the offset
+/// to continue from), so a filter that matches nothing cannot make one request scan the whole log.
+const MAX_SCANNED_RECORDS: usize = 10_000;
 
 /// Parses and bounds the read parameters. Out-of-bounds values are refused rather than clamped, so a client is
 /// never silently given less than it asked for.
@@ -307,7 +307,7 @@ pub(crate) fn parse_read_query(
     pairs: &[(String, String)],
     config: &HttpConfig,
 ) -> Result<ReadQuery, ApiError> {
-    check_query(pairs, &READ_PARAMS)?;
+    check_query_repeatable(pairs, &READ_PARAMS, &["filter"])?;
 
     let partition = match query_value(pairs, "partition") {
         None => 0,
@@ -326,14 +326,18 @@ pub(crate) fn parse_read_query(
         (Some(v), None) => Start::Offset(
             v.parse::<u64>().map_err(|_| invalid_param("offset", "must be a non-negative integer"))?,
         ),
-        (None, Some(v)) => {
-            let at = chrono::DateTime::parse_from_rfc3339(v).map_err(|err| {
-                invalid_param("since", format!("must be an RFC 3339 time like 2026-11-27T10:00:00Z ({err})"))
-            })?;
-            Start::Since(at.timestamp_millis())
-        }
+        (None, Some(v)) => Start::Since(parse_since(v)?),
         (None, None) => Start::Earliest,
     };
+
+    let group = query_value(pairs, "group").map(str::to_owned);
+    if group.is_some() && start != Start::Earliest {
+        return Err(ApiError::InvalidQuery {
+            detail: "'group' reads from the group's committed offset: give no 'offset' or 'since' with it"
+                .to_owned(),
+            parameters: vec!["group".to_owned()],
+        });
+    }
 
     let limit = match query_value(pairs, "limit") {
         None => DEFAULT_READ_LIMIT.min(config.max_read_limit),
@@ -361,11 +365,28 @@ pub(crate) fn parse_read_query(
         }
     };
 
-    Ok(ReadQuery { partition, start, limit, wait })
+    Ok(ReadQuery {
+        partition,
+        start,
+        limit,
+        wait,
+        group,
+        format: parse_format(pairs)?,
+        selector: parse_selector(pairs)?,
+    })
+}
+
+/// `since=` as milliseconds since the epoch.
+pub(crate) fn parse_since(value: &str) -> Result<i64, ApiError> {
+    let at = chrono::DateTime::parse_from_rfc3339(value).map_err(|err| {
+        invalid_param("since", format!("must be an RFC 3339 time like 2026-11-27T10:00:00Z ({err})"))
+    })?;
+    Ok(at.timestamp_millis())
 }
 
 pub(crate) async fn read(
     State(state): State<SharedState>,
+    caller: Option<Extension<Caller>>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<QueryPairs>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -375,40 +396,65 @@ pub(crate) async fn read(
     // Responses stay within the same byte budget as requests (the store still returns at least one record).
     let limits = ReadLimits { max_records: q.limit, max_bytes: state.config.max_body_bytes };
 
-    let offset = match q.start {
-        Start::Offset(offset) => offset,
-        Start::Earliest => store.offsets(&topic, q.partition).await?.earliest,
-        Start::Since(ms) => match store.offset_for_timestamp(&topic, q.partition, ms).await? {
+    let mut offset = match (&q.group, q.start) {
+        (Some(group), _) => {
+            let caller = caller.as_ref().and_then(|Extension(Caller(identity))| identity.as_ref());
+            let offsets = open_group(&state, caller, group).await?;
+            let bounds = store.offsets(&topic, q.partition).await?;
+            // Retention may have passed the commit; a commit beyond the end (not made here) reads the end.
+            committed(&offsets, group, &topic, q.partition)
+                .await?
+                .map_or(bounds.earliest, |offset| offset.clamp(bounds.earliest, bounds.latest))
+        }
+        (None, Start::Offset(offset)) => offset,
+        (None, Start::Earliest) => store.offsets(&topic, q.partition).await?.earliest,
+        (None, Start::Since(ms)) => match store.offset_for_timestamp(&topic, q.partition, ms).await? {
             Some(offset) => offset,
             None => store.offsets(&topic, q.partition).await?.latest,
         },
     };
+    let from_earliest = q.group.is_some() || q.start == Start::Earliest;
 
-    let mut result = match store.read(&topic, q.partition, offset, limits).await {
-        // Retention may have moved the start between our two calls; "earliest" means whatever is earliest now.
-        Err(StoreError::OffsetOutOfRange { earliest, .. }) if q.start == Start::Earliest => {
-            store.read(&topic, q.partition, earliest, limits).await?
+    let deadline = Instant::now() + q.wait;
+    let mut scanned = 0usize;
+    loop {
+        let result = match store.read(&topic, q.partition, offset, limits).await {
+            // Retention may have moved the start between our two calls; "earliest" means whatever is earliest now.
+            Err(StoreError::OffsetOutOfRange { earliest, .. }) if from_earliest && offset < earliest => {
+                store.read(&topic, q.partition, earliest, limits).await?
+            }
+            other => other?,
+        };
+        let found = !result.records.is_empty();
+        scanned += result.records.len();
+        offset = result.next_offset;
+        let selected: Vec<&Record> =
+            result.records.iter().filter(|r| q.selector.matches(r.key.as_deref(), &r.value)).collect();
+        if !selected.is_empty() || scanned >= MAX_SCANNED_RECORDS {
+            return Ok(read_response(&topic, q.partition, &selected, offset, q.format));
         }
-        other => other?,
-    };
-
-    if result.records.is_empty() && !q.wait.is_zero() {
+        if found {
+            // Everything read was filtered out: look further at once.
+            continue;
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Ok(read_response(&topic, q.partition, &[], offset, q.format));
+        }
         let arrived = tokio::select! {
-            arrived = store.wait_for(&topic, q.partition, result.next_offset, q.wait) => arrived?,
+            arrived = store.wait_for(&topic, q.partition, offset, remaining) => arrived?,
             // Draining must not wait out every long-poll: answer "nothing yet" and let the client come back.
             () = state.shutdown.begun() => false,
         };
-        if arrived {
-            result = store.read(&topic, q.partition, result.next_offset, limits).await?;
+        if !arrived {
+            return Ok(read_response(&topic, q.partition, &[], offset, q.format));
         }
     }
-
-    Ok(read_response(q.partition, &result))
 }
 
 #[derive(Serialize)]
-struct ReadResponse<'a> {
-    events: Vec<EventOut<'a>>,
+struct ReadResponse<T> {
+    events: Vec<T>,
     next_offset: u64,
 }
 
@@ -473,12 +519,30 @@ fn event_out(partition: u32, record: &Record) -> EventOut<'_> {
     }
 }
 
-fn read_response(partition: u32, result: &ReadResult) -> Response {
-    let body = ReadResponse {
-        events: result.records.iter().map(|r| event_out(partition, r)).collect(),
-        next_offset: result.next_offset,
+fn read_response(
+    topic: &str,
+    partition: u32,
+    records: &[&Record],
+    next_offset: u64,
+    format: Format,
+) -> Response {
+    let encoded = match format {
+        Format::Native => serde_json::to_vec(&ReadResponse {
+            events: records.iter().map(|r| event_out(partition, r)).collect(),
+            next_offset,
+        }),
+        Format::CloudEvents => {
+            let events: Result<Vec<Box<RawValue>>, _> = records
+                .iter()
+                .map(|r| {
+                    let at = RecordRef { topic, partition, offset: r.offset, timestamp_ms: r.timestamp_ms };
+                    RawValue::from_string(to_cloudevent(&at, &r.value))
+                })
+                .collect();
+            events.and_then(|events| serde_json::to_vec(&ReadResponse { events, next_offset }))
+        }
     };
-    match serde_json::to_vec(&body) {
+    match encoded {
         Ok(bytes) => {
             let mut response = (StatusCode::OK, bytes).into_response();
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -488,23 +552,6 @@ fn read_response(partition: u32, result: &ReadResult) -> Response {
         Err(err) => ApiError::Store(StoreError::Backend(format!("could not encode the response: {err}")))
             .into_response(),
     }
-}
-
-/// Standard base64 with padding (RFC 4648 section 4).
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(chunk.get(1).copied().unwrap_or(0)) << 8)
-            | u32::from(chunk.get(2).copied().unwrap_or(0));
-        let sextet = |shift: u32| char::from(ALPHABET[((n >> shift) & 63) as usize]);
-        out.push(sextet(18));
-        out.push(sextet(12));
-        out.push(if chunk.len() > 1 { sextet(6) } else { '=' });
-        out.push(if chunk.len() > 2 { sextet(0) } else { '=' });
-    }
-    out
 }
 
 #[cfg(test)]
@@ -519,35 +566,59 @@ mod tests {
         parse_read_query(&pairs(list), &HttpConfig::default())
     }
 
+    fn query(partition: u32, start: Start, limit: usize, wait: Duration) -> ReadQuery {
+        ReadQuery {
+            partition,
+            start,
+            limit,
+            wait,
+            group: None,
+            format: Format::Native,
+            selector: Selector::default(),
+        }
+    }
+
     #[test]
     fn read_query_defaults_to_partition_0_from_earliest() {
         let q = parse(&[]).expect("valid");
-        assert_eq!(q, ReadQuery { partition: 0, start: Start::Earliest, limit: 100, wait: Duration::ZERO });
+        assert_eq!(q, query(0, Start::Earliest, 100, Duration::ZERO));
     }
 
     #[test]
     fn read_query_parses_every_parameter() {
         let q = parse(&[("partition", "3"), ("offset", "40"), ("limit", "1000"), ("wait", "2.5")])
             .expect("valid");
-        assert_eq!(
-            q,
-            ReadQuery {
-                partition: 3,
-                start: Start::Offset(40),
-                limit: 1000,
-                wait: Duration::from_millis(2500)
-            }
-        );
+        assert_eq!(q, query(3, Start::Offset(40), 1000, Duration::from_millis(2500)));
         let q = parse(&[("since", "2026-11-27T10:00:00Z")]).expect("valid");
         assert_eq!(q.start, Start::Since(1_795_773_600_000));
         let q = parse(&[("since", "2026-11-27T11:00:00.5+01:00")]).expect("valid");
         assert_eq!(q.start, Start::Since(1_795_773_600_500));
+        let q = parse(&[
+            ("group", "indexer"),
+            ("format", "cloudevents"),
+            ("filter", "data.payload.collection_id:CMIP6"),
+            ("filter", "data.payload.method:POST"),
+            ("key_prefix", "CMIP6."),
+        ])
+        .expect("valid");
+        assert_eq!(q.group.as_deref(), Some("indexer"));
+        assert_eq!(q.format, Format::CloudEvents);
+        assert_eq!(q.selector.filters().len(), 2);
+        assert_eq!(q.selector.key_prefix(), Some(&b"CMIP6."[..]));
     }
 
     #[test]
     fn offset_and_since_together_are_refused() {
         let err = parse(&[("offset", "1"), ("since", "2026-11-27T10:00:00Z")]).expect_err("both");
         assert_eq!(err.kind(), "invalid-query");
+    }
+
+    #[test]
+    fn group_with_a_start_position_is_refused() {
+        for start in [("offset", "1"), ("since", "2026-11-27T10:00:00Z")] {
+            let err = parse(&[("group", "g"), start]).expect_err("group and a start");
+            assert_eq!(err.to_problem()["parameters"], serde_json::json!(["group"]));
+        }
     }
 
     #[test]
@@ -562,6 +633,9 @@ mod tests {
             [("offset", "-1")],
             [("partition", "x")],
             [("since", "yesterday")],
+            [("format", "xml")],
+            [("filter", "no-colon")],
+            [("key_prefix", "")],
         ] {
             let err = parse(&bad).expect_err(&format!("{bad:?}"));
             assert_eq!(err.kind(), "invalid-query", "{bad:?}");
@@ -570,49 +644,21 @@ mod tests {
     }
 
     #[test]
-    fn read_query_refuses_unknown_parameters() {
+    fn bad_filter_is_explained_with_the_syntax() {
+        let err = parse(&[("filter", "data.payload.collection_id=CMIP6")]).expect_err("wrong separator");
+        let detail = err.to_problem()["detail"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            detail.contains("PATH:VALUE") && detail.contains("data.payload.collection_id:CMIP6"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn read_query_refuses_unknown_and_repeated_parameters() {
         let err = parse(&[("ofset", "4")]).expect_err("unknown");
         assert_eq!(err.to_problem()["parameters"], serde_json::json!(["ofset"]));
-    }
-
-    #[test]
-    fn key_comes_from_item_id_first() {
-        let event = r#"{"specversion":"1.0","data":{"payload":{"item":{"id":"CMIP6.a.b","x":[1,2]},"item_id":"other"}}}"#;
-        assert_eq!(envelope_key(event), Some(b"CMIP6.a.b".to_vec()));
-    }
-
-    #[test]
-    fn key_falls_back_to_payload_item_id() {
-        let event = r#"{"data":{"payload":{"item_id":"CMIP6.c"}}}"#;
-        assert_eq!(envelope_key(event), Some(b"CMIP6.c".to_vec()));
-        let event = r#"{"data":{"payload":{"item":{"properties":{}},"item_id":"CMIP6.d"}}}"#;
-        assert_eq!(envelope_key(event), Some(b"CMIP6.d".to_vec()));
-        let event = r#"{"data":{"payload":{"item":"not an object","item_id":"CMIP6.e"}}}"#;
-        assert_eq!(envelope_key(event), Some(b"CMIP6.e".to_vec()));
-    }
-
-    #[test]
-    fn key_strings_are_unescaped_and_numbers_kept_verbatim() {
-        assert_eq!(
-            envelope_key(r#"{"data":{"payload":{"item":{"id":"a\u00e9\"b"}}}}"#),
-            Some("aé\"b".into())
-        );
-        assert_eq!(envelope_key(r#"{"data":{"payload":{"item_id":12.50}}}"#), Some(b"12.50".to_vec()));
-    }
-
-    #[test]
-    fn events_without_an_envelope_key_have_none() {
-        for event in [
-            r#"{}"#,
-            r#"{"data":null}"#,
-            r#"{"data":[1]}"#,
-            r#"{"data":{"payload":{}}}"#,
-            r#"{"data":{"payload":{"item":{"id":null}}}}"#,
-            r#"{"data":{"payload":{"item":{"id":{"nested":1}}}}}"#,
-            r#"{"id":"top-level ids are not keys"}"#,
-        ] {
-            assert_eq!(envelope_key(event), None, "{event}");
-        }
+        let err = parse(&[("limit", "4"), ("limit", "5")]).expect_err("repeated");
+        assert_eq!(err.to_problem()["parameters"], serde_json::json!(["limit"]));
     }
 
     #[test]
@@ -678,22 +724,6 @@ mod tests {
             let split = split_events(body.as_bytes(), &HttpConfig::default()).expect("valid batch");
             proptest::prop_assert_eq!(split.iter().map(|e| e.get()).collect::<Vec<_>>(), events);
         }
-    }
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        let cases = [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("foobar", "Zm9vYmFy"),
-        ];
-        for (plain, encoded) in cases {
-            assert_eq!(base64(plain.as_bytes()), encoded);
-        }
-        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
     }
 
     #[test]

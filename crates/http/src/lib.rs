@@ -13,6 +13,9 @@
 //! | PATCH  | `/v1/topics/{topic}`                      | change `public`, `retention`, `retention_bytes` | operator |
 //! | POST   | `/v1/topics/{topic}/events`               | publish one event (object) or a batch (array)   | publish  |
 //! | GET    | `/v1/topics/{topic}/events`               | read a partition, optionally long-polling       | read     |
+//! | GET    | `/v1/topics/{topic}/stream`               | follow a topic: server-sent events, resumable   | read     |
+//! | PUT    | `/v1/groups/{group}/offsets`              | commit a consumer group's offsets               | group    |
+//! | GET    | `/v1/groups/{group}`                      | a group's committed offsets and lag             | group    |
 //! | POST   | `/v1/producers`, `/v1/consumers`          | register; the answer shows the token once       | operator |
 //! | GET    | `/v1/producers`, `/v1/consumers`          | list (never secrets)                            | operator |
 //! | GET    | `/v1/{producers,consumers}/{name}`        | show one                                        | operator |
@@ -20,6 +23,7 @@
 //! | POST   | `/v1/{producers,consumers}/{name}/rotate` | new token (shown once)                          | operator |
 //! | DELETE | `/v1/{producers,consumers}/{name}`        | revoke (deletes the principal)                  | operator |
 //! | GET    | `/v1/audit?after=N&limit=M`               | audit log page, `{"entries", "next"}`           | operator |
+//! | *      | `/v1/subscriptions[/{id}[/...]]`          | webhook subscriptions (`subscriptions.rs`)      | owner    |
 //!
 //! **Access control** (`access.rs`): `Authorization: Bearer <token>` carries an API token or an OIDC JWT; no
 //! header means anonymous. Refused credentials answer 401 `unauthenticated` (with `WWW-Authenticate`) and are
@@ -27,7 +31,14 @@
 //! too, an authenticated caller without the grant 403 `forbidden` naming the missing grant. Anonymous calls are
 //! rate-limited per IP, publishes per producer (429 `rate-limited` with `Retry-After` and the IETF `RateLimit`
 //! headers; a refused batch appends nothing). A server built with `auth: None` has no access control at all: for
-//! in-process tests and benchmarks only.
+//! in-process tests and benchmarks only. Consumer groups ("group" above) need a principal with a read grant on
+//! every topic involved, and the group must be the caller's: it belongs to whoever used it first (operators
+//! may use any group); their offsets are the ones the Kafka endpoint commits too.
+//!
+//! **Following a topic** (`stream.rs`): server-sent events whose ids are self-contained cursors (`cursor.rs`),
+//! so `Last-Event-ID` resumes exactly after the last event seen, across restarts; each stream reads the log
+//! itself into a small bounded queue, so a slow client stalls only its own reader. Reads and streams accept
+//! server-side filters and CloudEvents output (the `esgf_events_envelope` crate).
 //!
 //! Every error is an RFC 9457 `application/problem+json` document whose `type` is a stable URN
 //! (`urn:esgf-events:problem:<kind>`); see `error.rs`, the only place errors become responses.
@@ -39,12 +50,17 @@
 mod access;
 mod admin;
 mod body;
+mod cursor;
 mod error;
 mod events;
+mod groups;
 mod health;
 mod listener;
 mod partitioner;
 mod routes;
+mod stream;
+mod subscriptions;
+mod tail;
 mod tls;
 mod topics;
 
@@ -52,6 +68,8 @@ mod topics;
 mod api_tests;
 #[cfg(test)]
 mod test_store;
+#[cfg(test)]
+mod stream_tests;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -64,12 +82,15 @@ use axum::http::{Method, Uri};
 use axum::serve::ListenerExt;
 use esgf_events_auth::Auth;
 use esgf_events_engine::{LogStore, Retention};
+use esgf_events_meta::offsets::GroupOffsets;
+use esgf_events_webhooks::SubscriptionControl;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tower_http::trace::TraceLayer;
 
 pub use partitioner::{murmur2, partition_for_key};
 pub use routes::{Access, ROUTES, RouteSpec};
+pub use subscriptions::webhook_access;
 pub use tls::{TlsError, load_tls};
 
 use crate::error::ApiError;
@@ -92,6 +113,10 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Retention of a topic created without one.
     pub default_retention: Retention,
+    /// How often an idle event stream sends a `: keep-alive` comment, so proxies and clients keep it open.
+    pub stream_heartbeat: Duration,
+    /// Event streams served at once; one more is refused with 503 `too-many-streams`.
+    pub max_streams: usize,
 }
 
 impl Default for HttpConfig {
@@ -104,6 +129,8 @@ impl Default for HttpConfig {
             max_read_limit: 1000,
             max_connections: 10_000,
             default_retention: Retention::DEFAULT,
+            stream_heartbeat: Duration::from_secs(15),
+            max_streams: 10_000,
         }
     }
 }
@@ -145,6 +172,11 @@ pub struct Server {
     pub config: HttpConfig,
     /// `Some`: every connection is TLS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Committed consumer-group offsets (shared with the Kafka endpoint). `None`: requests naming a group are
+    /// refused with 501 `consumer-groups-unavailable`.
+    pub offsets: Option<GroupOffsets>,
+    /// The webhook dispatcher. `None`: subscription requests are refused with 501 `webhooks-unavailable`.
+    pub webhooks: Option<Arc<dyn SubscriptionControl>>,
 }
 
 /// What every handler shares.
@@ -155,15 +187,35 @@ pub(crate) struct AppState {
     pub(crate) shutdown: Shutdown,
     /// Picks the partition of unkeyed publish requests, round-robin.
     round_robin: AtomicU32,
+    pub(crate) offsets: Option<GroupOffsets>,
+    pub(crate) webhooks: Option<Arc<dyn SubscriptionControl>>,
+    /// One permit per event stream being served.
+    pub(crate) streams: Arc<Semaphore>,
+    /// The recent records of followed partitions, shared by their streams.
+    pub(crate) tails: tail::Tails,
 }
 
 impl AppState {
     fn new(store: Arc<dyn LogStore>, auth: Option<Arc<Auth>>, config: HttpConfig) -> Self {
-        AppState { store, auth, config, shutdown: Shutdown::new(), round_robin: AtomicU32::new(0) }
+        let streams = Arc::new(Semaphore::new(config.max_streams.min(Semaphore::MAX_PERMITS)));
+        AppState {
+            store,
+            auth,
+            config,
+            shutdown: Shutdown::new(),
+            round_robin: AtomicU32::new(0),
+            offsets: None,
+            webhooks: None,
+            streams,
+            tails: tail::Tails::default(),
+        }
     }
 
     fn of(server: &Server) -> Self {
-        AppState::new(Arc::clone(&server.store), server.auth.clone(), server.config.clone())
+        let mut state = AppState::new(Arc::clone(&server.store), server.auth.clone(), server.config.clone());
+        state.offsets = server.offsets.clone();
+        state.webhooks = server.webhooks.clone();
+        state
     }
 
     pub(crate) fn next_round_robin(&self, partitions: u32) -> u32 {
@@ -184,7 +236,7 @@ pub fn app(server: &Server) -> Router {
 
 /// [`app`] without access control.
 pub fn router(store: Arc<dyn LogStore>, config: HttpConfig) -> Router {
-    app(&Server { store, auth: None, config, tls: None })
+    app(&Server { store, auth: None, config, tls: None, offsets: None, webhooks: None })
 }
 
 fn build_router(state: SharedState) -> Router {
@@ -255,5 +307,6 @@ pub async fn run(
     config: HttpConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve(listener, Server { store, auth: None, config, tls: None }, shutdown).await
+    serve(listener, Server { store, auth: None, config, tls: None, offsets: None, webhooks: None }, shutdown)
+        .await
 }

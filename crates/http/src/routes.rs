@@ -9,7 +9,7 @@ use axum::middleware;
 use axum::routing::{MethodFilter, MethodRouter, on};
 use esgf_events_auth::Role;
 
-use crate::{SharedState, access, admin, events, health, topics};
+use crate::{SharedState, access, admin, events, groups, health, stream, subscriptions, topics};
 
 /// What a route requires of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,12 +24,18 @@ pub enum Access {
     Read,
     /// Publishing to the `{topic}` in the path: a producer grant on it.
     Publish,
+    /// The consumer group `{group}` in the path: any principal (never anonymous); the handler checks a read
+    /// grant on every topic involved and that the group is the caller's (`Auth::claim_group`).
+    Group,
     /// Creating topics and changing their settings: operators.
     ManageTopics,
     /// Registering, changing, rotating and revoking producers and consumers: operators.
     ManagePrincipals,
     /// Reading the audit log: operators.
     ReadAudit,
+    /// Webhook subscriptions: any principal (never anonymous); the handler checks a read grant on the topic
+    /// when creating, and that the caller owns the subscription (or is an operator) for everything else.
+    Subscriptions,
 }
 
 /// One route: method, path template (axum syntax, `{topic}`, `{name}`) and the access it requires.
@@ -52,6 +58,9 @@ pub(crate) enum Endpoint {
     UpdateTopic,
     Publish,
     Read,
+    Stream,
+    CommitOffsets,
+    DescribeGroup,
     ListPrincipals(Role),
     RegisterPrincipal(Role),
     GetPrincipal(Role),
@@ -59,6 +68,14 @@ pub(crate) enum Endpoint {
     RotatePrincipal(Role),
     DeletePrincipal(Role),
     Audit,
+    CreateSubscription,
+    ListSubscriptions,
+    GetSubscription,
+    DeleteSubscription,
+    PauseSubscription,
+    ResumeSubscription,
+    DeadLetters,
+    Redrive,
 }
 
 const fn route(method: Method, path: &'static str, access: Access, endpoint: Endpoint) -> RouteSpec {
@@ -76,6 +93,9 @@ pub const ROUTES: &[RouteSpec] = &[
     route(PATCH,  "/v1/topics/{topic}",          Access::ManageTopics,     Endpoint::UpdateTopic),
     route(POST,   "/v1/topics/{topic}/events",   Access::Publish,          Endpoint::Publish),
     route(GET,    "/v1/topics/{topic}/events",   Access::Read,             Endpoint::Read),
+    route(GET,    "/v1/topics/{topic}/stream",   Access::Read,             Endpoint::Stream),
+    route(PUT,    "/v1/groups/{group}/offsets",  Access::Group,            Endpoint::CommitOffsets),
+    route(GET,    "/v1/groups/{group}",          Access::Group,            Endpoint::DescribeGroup),
     route(POST,   "/v1/producers",               Access::ManagePrincipals, Endpoint::RegisterPrincipal(PRODUCER)),
     route(GET,    "/v1/producers",               Access::ManagePrincipals, Endpoint::ListPrincipals(PRODUCER)),
     route(GET,    "/v1/producers/{name}",        Access::ManagePrincipals, Endpoint::GetPrincipal(PRODUCER)),
@@ -89,11 +109,20 @@ pub const ROUTES: &[RouteSpec] = &[
     route(POST,   "/v1/consumers/{name}/rotate", Access::ManagePrincipals, Endpoint::RotatePrincipal(CONSUMER)),
     route(DELETE, "/v1/consumers/{name}",        Access::ManagePrincipals, Endpoint::DeletePrincipal(CONSUMER)),
     route(GET,    "/v1/audit",                   Access::ReadAudit,        Endpoint::Audit),
+    route(POST,   "/v1/subscriptions",           Access::Subscriptions,    Endpoint::CreateSubscription),
+    route(GET,    "/v1/subscriptions",           Access::Subscriptions,    Endpoint::ListSubscriptions),
+    route(GET,    "/v1/subscriptions/{id}",      Access::Subscriptions,    Endpoint::GetSubscription),
+    route(DELETE, "/v1/subscriptions/{id}",      Access::Subscriptions,    Endpoint::DeleteSubscription),
+    route(POST,   "/v1/subscriptions/{id}/pause", Access::Subscriptions,   Endpoint::PauseSubscription),
+    route(POST,   "/v1/subscriptions/{id}/resume", Access::Subscriptions,  Endpoint::ResumeSubscription),
+    route(GET,    "/v1/subscriptions/{id}/dead-letters", Access::Subscriptions, Endpoint::DeadLetters),
+    route(POST,   "/v1/subscriptions/{id}/redrive", Access::Subscriptions, Endpoint::Redrive),
 ];
 
 // Short names for the table above.
 const GET: Method = Method::GET;
 const POST: Method = Method::POST;
+const PUT: Method = Method::PUT;
 const PATCH: Method = Method::PATCH;
 const DELETE: Method = Method::DELETE;
 const PRODUCER: Role = Role::Producer;
@@ -110,6 +139,9 @@ impl Endpoint {
             Endpoint::UpdateTopic => on(filter, topics::update),
             Endpoint::Publish => on(filter, events::publish),
             Endpoint::Read => on(filter, events::read),
+            Endpoint::Stream => on(filter, stream::stream),
+            Endpoint::CommitOffsets => on(filter, groups::commit),
+            Endpoint::DescribeGroup => on(filter, groups::describe),
             Endpoint::ListPrincipals(role) => on(filter, move |state, query| admin::list(role, state, query)),
             Endpoint::RegisterPrincipal(role) => on(filter, move |state, caller, query, headers, body| {
                 admin::register(role, state, caller, query, headers, body)
@@ -129,6 +161,14 @@ impl Endpoint {
                 on(filter, move |state, caller, path, query| admin::delete(role, state, caller, path, query))
             }
             Endpoint::Audit => on(filter, admin::audit),
+            Endpoint::CreateSubscription => on(filter, subscriptions::create),
+            Endpoint::ListSubscriptions => on(filter, subscriptions::list),
+            Endpoint::GetSubscription => on(filter, subscriptions::get),
+            Endpoint::DeleteSubscription => on(filter, subscriptions::delete),
+            Endpoint::PauseSubscription => on(filter, subscriptions::pause),
+            Endpoint::ResumeSubscription => on(filter, subscriptions::resume),
+            Endpoint::DeadLetters => on(filter, subscriptions::dead_letters),
+            Endpoint::Redrive => on(filter, subscriptions::redrive),
         }
     }
 }

@@ -19,7 +19,9 @@ use esgf_events_auth::{
 };
 use esgf_events_engine::{EmbeddedConfig, EmbeddedStore, LogStore, SystemClock};
 use esgf_events_http::{HttpConfig, ROUTES, Server, app};
-use esgf_events_meta::RedbMetaStore;
+use esgf_events_meta::offsets::GroupOffsets;
+use esgf_events_meta::{MetaStore, RedbMetaStore};
+use esgf_events_webhooks::{Dispatcher, NewSubscription, SubscriptionControl, WebhookConfig};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tower::ServiceExt;
@@ -97,6 +99,11 @@ const MATRIX: &[Row] = &[
     ("PATCH", "/v1/topics/{topic}", operator_only(200)),
     ("POST", "/v1/topics/{topic}/events", [401, 403, 403, 201, 403, 401, 401, 401, 401, 403, 201]),
     ("GET", "/v1/topics/{topic}/events", [401, 200, 403, 403, 403, 401, 401, 401, 401, 200, 200]),
+    ("GET", "/v1/topics/{topic}/stream", [401, 200, 403, 403, 403, 401, 401, 401, 401, 200, 200]),
+    // Each cell uses a group of its own; committing needs a read grant on the topic committed.
+    ("PUT", "/v1/groups/{group}/offsets", [401, 204, 403, 403, 403, 401, 401, 401, 401, 204, 204]),
+    // Any principal may look at (and so own) a fresh group of its own.
+    ("GET", "/v1/groups/{group}", [401, 200, 200, 200, 200, 401, 401, 401, 401, 200, 200]),
     ("POST", "/v1/producers", operator_only(201)),
     ("GET", "/v1/producers", operator_only(200)),
     ("GET", "/v1/producers/{name}", operator_only(200)),
@@ -110,7 +117,23 @@ const MATRIX: &[Row] = &[
     ("POST", "/v1/consumers/{name}/rotate", operator_only(200)),
     ("DELETE", "/v1/consumers/{name}", operator_only(204)),
     ("GET", "/v1/audit", operator_only(200)),
+    // Creating needs a consumer with a read grant on the topic (or an operator); the rest is for the owner (the
+    // consumer of `t`) or an operator. Routes run in ROUTES order: pause comes before resume, so redrive finds the
+    // subscription active.
+    ("POST", "/v1/subscriptions", [401, 201, 403, 403, 403, 401, 401, 401, 401, 201, 201]),
+    ("GET", "/v1/subscriptions", [401, 200, 200, 200, 200, 401, 401, 401, 401, 200, 200]),
+    ("GET", "/v1/subscriptions/{id}", owner_only(200)),
+    ("DELETE", "/v1/subscriptions/{id}", owner_only(204)),
+    ("POST", "/v1/subscriptions/{id}/pause", owner_only(200)),
+    ("POST", "/v1/subscriptions/{id}/resume", owner_only(200)),
+    ("GET", "/v1/subscriptions/{id}/dead-letters", owner_only(200)),
+    ("POST", "/v1/subscriptions/{id}/redrive", owner_only(202)),
 ];
+
+/// A subscription owned by the consumer of `t`.
+const fn owner_only(ok: u16) -> [u16; 11] {
+    [401, ok, 403, 403, 403, 401, 401, 401, 401, 403, ok]
+}
 
 fn row_for(method: &Method, path: &str) -> Option<&'static Row> {
     MATRIX.iter().find(|(m, p, _)| *m == method.as_str() && *p == path)
@@ -135,13 +158,15 @@ fn concrete_request(method: &Method, path: &str, column: usize) -> (String, Opti
     let role = if path.starts_with("/v1/consumers") { "c" } else { "p" };
     let name =
         if *method == Method::DELETE { format!("victim-{role}-{column}") } else { format!("target-{role}") };
-    let uri = path.replace("{topic}", "t").replace("{name}", &name);
+    let uri = path.replace("{topic}", "t").replace("{name}", &name).replace("{group}", &format!("g-{column}"));
     let body = match (method.as_str(), path) {
         ("POST", "/v1/topics") => Some(json!({ "name": format!("new-topic-{column}") })),
         ("PATCH", "/v1/topics/{topic}") => Some(json!({ "retention": "30d" })),
         ("POST", "/v1/topics/{topic}/events") => Some(json!({ "n": column })),
+        ("PUT", "/v1/groups/{group}/offsets") => Some(json!({ "topic": "t", "partition": 0, "offset": 0 })),
         ("POST", "/v1/producers") => Some(json!({ "name": format!("new-p-{column}"), "topics": ["t"] })),
         ("POST", "/v1/consumers") => Some(json!({ "name": format!("new-c-{column}"), "topics": ["t"] })),
+        ("POST", "/v1/subscriptions") => Some(json!({ "topic": "t", "url": UNREACHABLE_HOOK })),
         ("PATCH", _) => Some(json!({ "contact": "ops@example.org" })),
         _ => None,
     };
@@ -158,6 +183,12 @@ async fn every_route_answers_every_caller_as_the_matrix_says() {
     }
     fx.register(Role::Producer, "target-p", &["t"]).await;
     fx.register(Role::Consumer, "target-c", &["t"]).await;
+    // Subscriptions of the consumer of `t`: one for every row but DELETE, and a victim per DELETE cell.
+    let target_subscription = fx.subscribe("reader").await;
+    let mut victim_subscriptions = Vec::new();
+    for _ in 0..WHO.len() {
+        victim_subscriptions.push(fx.subscribe("reader").await);
+    }
 
     let mut failures = Vec::new();
     for spec in ROUTES {
@@ -165,6 +196,12 @@ async fn every_route_answers_every_caller_as_the_matrix_says() {
             .unwrap_or_else(|| panic!("no MATRIX row for {} {}", spec.method, spec.path));
         for (column, who) in WHO.iter().enumerate() {
             let (uri, body) = concrete_request(&spec.method, spec.path, column);
+            let id = if spec.method == Method::DELETE {
+                &victim_subscriptions[column]
+            } else {
+                &target_subscription
+            };
+            let uri = uri.replace("{id}", id);
             let token = fx.token(*who);
             let reply = fx.call(spec.method.clone(), &uri, token.as_deref(), body, peer(column)).await;
             let want = expected[column];
@@ -544,8 +581,12 @@ struct Fixture {
     app: Router,
     auth: Arc<Auth>,
     store: Arc<EmbeddedStore>,
+    webhooks: Arc<Dispatcher>,
     tokens: Vec<(Who, String)>,
 }
+
+/// Nothing listens on the discard port: the matrix's subscriptions never deliver (and never need to).
+const UNREACHABLE_HOOK: &str = "http://127.0.0.1:9/hook";
 
 impl Fixture {
     /// Topics `t` and `other`; one principal (or credential) per [`Who`].
@@ -564,8 +605,9 @@ impl Fixture {
             rotation_grace: Duration::ZERO,
             ..config
         };
-        let meta = RedbMetaStore::open(&dir.path().join("meta.redb")).expect("open meta");
-        let auth = Arc::new(Auth::open(Arc::new(meta), config).await.expect("open auth"));
+        let meta: Arc<dyn MetaStore> =
+            Arc::new(RedbMetaStore::open(&dir.path().join("meta.redb")).expect("open meta"));
+        let auth = Arc::new(Auth::open(Arc::clone(&meta), config).await.expect("open auth"));
         let store = Arc::new(
             EmbeddedStore::open(EmbeddedConfig::new(dir.path().join("data")), Arc::new(SystemClock))
                 .expect("open store"),
@@ -587,8 +629,17 @@ impl Fixture {
             auth: Some(auth.clone()),
             config: HttpConfig::default(),
             tls: None,
+            offsets: Some(GroupOffsets::new(Arc::clone(&meta))),
+            webhooks: None,
         };
-        let mut fx = Fixture { app: app(&server), auth: auth.clone(), store, tokens: Vec::new(), _dir: dir };
+        let webhooks = Arc::new(
+            Dispatcher::start(store.clone(), meta, WebhookConfig::default())
+                .await
+                .expect("webhook dispatcher"),
+        );
+        let server = Server { webhooks: Some(webhooks.clone() as Arc<dyn SubscriptionControl>), ..server };
+        let mut fx =
+            Fixture { app: app(&server), auth: auth.clone(), store, webhooks, tokens: Vec::new(), _dir: dir };
 
         let token_file = fx._dir.path().join("operator.token");
         let created = fx.auth.bootstrap_operator(&token_file, None).await.expect("bootstrap");
@@ -696,13 +747,31 @@ impl Fixture {
         let response = self.app.clone().oneshot(request).await.expect("infallible");
         let status = response.status();
         let headers = response.headers().clone();
+        if headers.get(header::CONTENT_TYPE).is_some_and(|t| t == "text/event-stream") {
+            // An event stream never ends by itself: its status and headers are the answer.
+            return Reply { status, headers, body: Value::Null, raw: String::new() };
+        }
         let raw = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
         let raw = String::from_utf8(raw.to_vec()).expect("utf8 body");
         let body = if raw.is_empty() { Value::Null } else { serde_json::from_str(&raw).expect("JSON body") };
         Reply { status, headers, body, raw }
     }
 
+    /// A subscription of `owner` to `t`, made directly on the dispatcher; its id.
+    async fn subscribe(&self, owner: &str) -> String {
+        let request = NewSubscription {
+            topic: "t".to_owned(),
+            url: UNREACHABLE_HOOK.to_owned(),
+            filter: Vec::new(),
+            key_prefix: None,
+            from: None,
+            format: None,
+        };
+        self.webhooks.create(owner, request).await.expect("subscription").subscription.id
+    }
+
     async fn close(self) {
+        self.webhooks.shutdown().await;
         self.store.shutdown().await.expect("store shutdown");
     }
 }

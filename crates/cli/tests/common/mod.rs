@@ -3,6 +3,11 @@
 //!
 //! The server is started with `--http-addr 127.0.0.1:0`; the bound address is read from the server's own log
 //! line (`http_addr=...`), then `/readyz` is polled until it answers 200. No test waits a fixed time for it.
+//!
+//! Access control is on, as in production: every server gets `ESGF_EVENTS_OPERATOR_TOKEN` set to
+//! [`operator_token`] (generated once per test process), and the clients built here send it, so tests that are
+//! not about access control act as the operator. [`Options`] starts a server differently (no operator token in
+//! the environment, TLS, extra flags).
 
 // Every test binary compiles this module and uses a different part of it.
 #![allow(dead_code)]
@@ -17,7 +22,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use reqwest::blocking::{Client, Response};
+use reqwest::blocking::{Client, ClientBuilder, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tempfile::TempDir;
@@ -33,6 +38,87 @@ const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Server log lines kept for diagnostics; older ones are dropped so a chatty server cannot exhaust memory.
 const MAX_LOG_LINES: usize = 2000;
+
+/// Log lines of every run of a server kept for [`Server::full_log`]; past this the history says it is partial.
+const MAX_HISTORY_LINES: usize = 200_000;
+
+/// The operator token every test server of this process accepts (unless started without one): the prefix and
+/// 43 URL-safe base64 characters, like the tokens the server issues.
+pub fn operator_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(random_token)
+}
+
+/// A fresh token of the server's shape (`fastrand` is no CSPRNG, which is fine for a test's secret).
+pub fn random_token() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = fastrand::Rng::new();
+    let secret: String = (0..43).map(|_| ALPHABET[rng.usize(..ALPHABET.len())] as char).collect();
+    format!("esgfev_{secret}")
+}
+
+/// A client builder with bounded timeouts, sending `token` as a bearer token and trusting only `ca_pem` (when
+/// given) for HTTPS.
+pub fn client_builder(token: Option<&str>, ca_pem: Option<&[u8]>) -> ClientBuilder {
+    esgf_events::install_crypto_provider();
+    let mut builder =
+        Client::builder().timeout(Duration::from_secs(60)).connect_timeout(Duration::from_secs(5));
+    if let Some(token) = token {
+        let mut value =
+            reqwest::header::HeaderValue::try_from(format!("Bearer {token}")).expect("a token fits a header");
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    if let Some(pem) = ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem).expect("CA certificate PEM");
+        builder = builder.tls_certs_only(certs);
+    }
+    builder
+}
+
+/// A client that sends no credentials.
+pub fn anonymous_client() -> Client {
+    client_builder(None, None).build().expect("HTTP client")
+}
+
+/// A client acting as the principal whose token is `token`.
+pub fn client_with_token(token: &str) -> Client {
+    client_builder(Some(token), None).build().expect("HTTP client")
+}
+
+/// How to start a test server.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Extra `ESGF_EVENTS_*` settings, passed again on every restart.
+    pub env: Vec<(String, String)>,
+    /// Extra arguments of `serve` (e.g. `--tls-cert FILE`).
+    pub args: Vec<String>,
+    /// Passed as `ESGF_EVENTS_OPERATOR_TOKEN`; `None`: the server generates `<data_dir>/operator.token`, which
+    /// the harness then reads to act as the operator.
+    pub operator_token: Option<String>,
+    /// The server speaks HTTPS with a certificate this PEM vouches for.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            env: Vec::new(),
+            args: Vec::new(),
+            operator_token: Some(operator_token().to_owned()),
+            ca_pem: None,
+        }
+    }
+}
+
+/// Every log line of every run of one server, for scans that must see all of it.
+#[derive(Debug, Default)]
+struct History {
+    lines: Vec<String>,
+    truncated: bool,
+}
 
 /// The ESGF fixtures, beside the repository (`../shared/fixtures/esgf`), in development and in CI alike.
 pub fn fixtures_dir() -> PathBuf {
@@ -118,10 +204,12 @@ pub struct Server {
     child: Option<Child>,
     addr: SocketAddr,
     data_dir: TempDir,
-    /// Extra `ESGF_EVENTS_*` settings, passed again on every restart.
-    env: Vec<(String, String)>,
+    options: Options,
+    /// The operator token in force: from the options, or read from the file the server generated.
+    token: String,
     /// The current child's log lines (stderr), for failure messages.
     log: Arc<Mutex<Vec<String>>>,
+    history: Arc<Mutex<History>>,
     client: Client,
 }
 
@@ -133,14 +221,23 @@ impl Server {
 
     /// Like [`Server::start`], with extra environment settings (e.g. `ESGF_EVENTS_HTTP_MAX_BODY_BYTES`).
     pub fn start_with_env(env: &[(&str, &str)]) -> Server {
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Server::start_with(Options { env, ..Options::default() })
+    }
+
+    /// Starts a server as `options` say, on a fresh data directory, and waits until it is ready.
+    pub fn start_with(options: Options) -> Server {
         let data_dir = tempfile::Builder::new().prefix("esgf-events-test-").tempdir().expect("temp data dir");
+        let token = options.operator_token.clone().unwrap_or_default();
         let mut server = Server {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir,
-            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            client: client_builder(Some(&token), options.ca_pem.as_deref()).build().expect("HTTP client"),
+            options,
+            token,
             log: Arc::new(Mutex::new(Vec::new())),
-            client: http_client(),
+            history: Arc::new(Mutex::new(History::default())),
         };
         server.spawn();
         server
@@ -148,7 +245,23 @@ impl Server {
 
     /// The base URL, e.g. `http://127.0.0.1:41234` (the port changes on every restart).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.options.ca_pem.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The operator token this server accepts.
+    pub fn operator_token(&self) -> &str {
+        &self.token
+    }
+
+    /// Every log line of every run so far; panics if the history outgrew its bound (a scan would be partial).
+    pub fn full_log(&self) -> String {
+        let history = self.history.lock().expect("log history");
+        assert!(
+            !history.truncated,
+            "the log history outgrew {MAX_HISTORY_LINES} lines; a scan would be partial"
+        );
+        history.lines.join("\n")
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -220,6 +333,7 @@ impl Server {
             .arg("--data-dir")
             .arg(self.data_dir.path())
             .stdin(Stdio::null())
+            .args(&self.options.args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             // Plain log lines, whatever the developer's terminal settings.
@@ -231,16 +345,19 @@ impl Server {
                 command.env_remove(name);
             }
         }
-        command.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if let Some(token) = &self.options.operator_token {
+            command.env("ESGF_EVENTS_OPERATOR_TOKEN", token);
+        }
+        command.envs(self.options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
 
         // A fresh log per run, so diagnostics show this run's lines only.
         self.log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("piped stderr");
         let (addr_tx, addr_rx) = mpsc::channel();
-        let log = Arc::clone(&self.log);
+        let (log, history) = (Arc::clone(&self.log), Arc::clone(&self.history));
         // Drains stderr for the child's whole life, so the pipe never fills and blocks the server.
-        thread::spawn(move || drain_stderr(stderr, &log, &addr_tx));
+        thread::spawn(move || drain_stderr(stderr, &log, &history, &addr_tx));
         self.child = Some(child);
 
         self.addr = match addr_rx.recv_timeout(STARTUP_TIMEOUT) {
@@ -256,12 +373,26 @@ impl Server {
             }
         };
         self.wait_ready();
+        if self.options.operator_token.is_none() {
+            // The server wrote its generated token before it started listening.
+            let path = self.data_dir().join("operator.token");
+            let token = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+                panic!("the server generated no {}: {e}; log:\n{}", path.display(), self.logs())
+            });
+            self.token = token.trim().to_owned();
+            self.client = client_builder(Some(&self.token), self.options.ca_pem.as_deref())
+                .build()
+                .expect("HTTP client");
+        }
     }
 
     /// Polls `GET /readyz` until it answers 200, failing fast if the process exits.
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let probe = Client::builder().timeout(Duration::from_secs(2)).build().expect("probe client");
+        let probe = client_builder(None, self.options.ca_pem.as_deref())
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("probe client");
         let url = format!("{}/readyz", self.url());
         loop {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -357,16 +488,57 @@ impl Drop for Server {
     }
 }
 
-/// A client for tests: bounded, but long enough for the longest long-poll a test uses.
-pub fn http_client() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(60))
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .expect("HTTP client")
+/// Longest any one CLI invocation may take before the test fails.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `command` (an `esgf-events` client invocation), feeding `stdin`, and returns its output; kills it and
+/// fails the test if it takes longer than [`CLI_TIMEOUT`]. None of the caller's `ESGF_EVENTS_*` variables reach
+/// it: the test decides every setting.
+pub fn run_cli(mut command: Command, stdin: Option<&[u8]>) -> std::process::Output {
+    use std::io::Write;
+    let described = format!("{command:?}");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("ESGF_EVENTS_")
+            && command.get_envs().all(|(set, _)| set != name)
+        {
+            command.env_remove(name);
+        }
+    }
+    command.env("NO_COLOR", "1");
+    command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("piped stdin");
+        pipe.write_all(input).expect("write stdin");
+        // Dropping the pipe closes it: end of input.
+    }
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(CLI_TIMEOUT) {
+        Ok(output) => output.expect("CLI output"),
+        Err(_) => {
+            // SAFETY: kill(2) on our own child; it cannot have been reaped, its waiter has not returned.
+            unsafe { libc::kill(libc::pid_t::try_from(pid).expect("pid"), libc::SIGKILL) };
+            panic!("`{described}` did not finish within {CLI_TIMEOUT:?}");
+        }
+    }
 }
 
-fn drain_stderr(stderr: impl Read, log: &Mutex<Vec<String>>, addr_tx: &mpsc::Sender<SocketAddr>) {
+/// A client for tests acting as the operator: bounded, but long enough for the longest long-poll a test uses.
+pub fn http_client() -> Client {
+    client_builder(Some(operator_token()), None).build().expect("HTTP client")
+}
+
+fn drain_stderr(
+    stderr: impl Read,
+    log: &Mutex<Vec<String>>,
+    history: &Mutex<History>,
+    addr_tx: &mpsc::Sender<SocketAddr>,
+) {
     let mut reader = BufReader::new(stderr);
     let mut sent = false;
     let mut buf = Vec::new();
@@ -379,6 +551,13 @@ fn drain_stderr(stderr: impl Read, log: &Mutex<Vec<String>>, addr_tx: &mpsc::Sen
         let line = strip_ansi(&String::from_utf8_lossy(&buf)).trim_end().to_owned();
         if !sent && let Some(addr) = logged_addr(&line) {
             sent = addr_tx.send(addr).is_ok();
+        }
+        if let Ok(mut history) = history.lock() {
+            if history.lines.len() < MAX_HISTORY_LINES {
+                history.lines.push(line.clone());
+            } else {
+                history.truncated = true;
+            }
         }
         if let Ok(mut lines) = log.lock() {
             if lines.len() >= MAX_LOG_LINES {

@@ -1,0 +1,1032 @@
+//! The dispatcher: one task per active subscription, reading the log from the subscription's cursors and
+//! POSTing each selected event to its URL.
+//!
+//! Guarantees:
+//! - **Order**: one delivery in flight per subscription, so events of a partition arrive in offset order
+//!   (partitions are served round-robin, a read batch at a time).
+//! - **At least once**: a cursor moves past an event only once the receiver answered 2xx, or once the event is in
+//!   the dead-letter list (both written in one transaction). Cursors are persisted in batches (every
+//!   [`COMMIT_EVERY`] events or [`COMMIT_INTERVAL`], and whenever delivery goes idle, pauses or stops), so a crash
+//!   re-delivers at most that much; receivers deduplicate on `webhook-id`, which is stable per event.
+//! - **Retries**: exponential backoff with full jitter, or the receiver's `Retry-After` on 429/503, until
+//!   `max_attempts` or `max_age`; then the event becomes a dead letter and delivery goes on with the next one.
+//! - **Bounded**: one request in flight per subscription, a shared client with a small idle pool, response bodies
+//!   read up to 64 KiB, subscriptions per principal and dead letters per subscription capped.
+//!
+//! Control operations ([`SubscriptionControl`]) are serialised by one lock; each one persists its change before
+//! the in-memory state (and the tasks) follow.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use esgf_events_engine::{LogStore, ReadLimits, Record, StoreError};
+use esgf_events_envelope::Selector;
+use esgf_events_meta::MetaStore;
+use reqwest::Url;
+use tokio::sync::{Notify, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, error, info, warn};
+
+use crate::backoff;
+use crate::delivery::{self, Message};
+use crate::model::{
+    Created, DeadLetter, DeliveryInfo, ErrorInfo, Format, NewSubscription, PartitionProgress, StartFrom,
+    State, SubscriptionView, WebhookConfig, WebhookError,
+};
+use crate::persist::{Persist, Record as StoredRecord};
+use crate::signing::WebhookSecret;
+use crate::url_rules::{UrlPolicy, UrlRefused};
+
+/// Cursor commits: after this many events passed...
+pub const COMMIT_EVERY: usize = 100;
+/// ...or this long after the first uncommitted one, whichever comes first.
+pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Records per read of one partition.
+const READ_LIMITS: ReadLimits = ReadLimits { max_records: 100, max_bytes: 4 << 20 };
+/// How long an idle subscription waits on the log before looking again (a wake-up cuts it short).
+const IDLE_WAIT: Duration = Duration::from_secs(30);
+/// How often a subscription that cannot proceed (no grant, topic gone, dead letters full) checks again.
+const RECHECK: Duration = Duration::from_secs(30);
+/// Wait after a storage error before trying again.
+const STORAGE_RETRY: Duration = Duration::from_secs(2);
+/// How long pausing, deleting or shutting down waits for a task to finish its current step, beyond the
+/// delivery timeout (an attempt in flight is allowed to finish).
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Longest accepted URL and key prefix: they are stored and shown, not documents.
+const MAX_URL_BYTES: usize = 2048;
+const MAX_KEY_PREFIX_BYTES: usize = 1024;
+
+/// Whether a principal may (still) read a topic. Checked when a subscription is created (by the API) and before
+/// every read batch (here), so revoking a grant stops deliveries too.
+pub trait AccessCheck: Send + Sync + 'static {
+    fn may_read(&self, principal: &str, topic: &str) -> bool;
+}
+
+/// No access control (in-process tests and benchmarks).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+impl AccessCheck for AllowAll {
+    fn may_read(&self, _: &str, _: &str) -> bool {
+        true
+    }
+}
+
+/// What the HTTP API needs of the dispatcher. Authorisation (who may see or change which subscription) is the
+/// caller's business; `owner` is recorded as given.
+#[async_trait]
+pub trait SubscriptionControl: Send + Sync + 'static {
+    /// Validates, persists and starts a subscription; the answer carries its secret, shown this once.
+    async fn create(&self, owner: &str, request: NewSubscription) -> Result<Created, WebhookError>;
+    /// Every subscription (`owner: None`) or one principal's, oldest first.
+    async fn list(&self, owner: Option<&str>) -> Result<Vec<SubscriptionView>, WebhookError>;
+    async fn get(&self, id: &str) -> Result<SubscriptionView, WebhookError>;
+    /// Stops delivery (idempotent), after the attempt in flight if any (bounded by the delivery timeout).
+    async fn pause(&self, id: &str) -> Result<SubscriptionView, WebhookError>;
+    async fn resume(&self, id: &str) -> Result<SubscriptionView, WebhookError>;
+    /// Stops delivery and forgets the subscription, its cursors and its dead letters.
+    async fn delete(&self, id: &str) -> Result<(), WebhookError>;
+    /// Dead letters with `seq > after`, oldest first, at most `limit`.
+    async fn dead_letters(&self, id: &str, after: u64, limit: usize)
+    -> Result<Vec<DeadLetter>, WebhookError>;
+    /// Queues a redrive: every dead letter is delivered again, in order, before new events, and removed once
+    /// delivered. Returns how many there are now. Refused while paused.
+    async fn redrive(&self, id: &str) -> Result<usize, WebhookError>;
+}
+
+/// What every task shares.
+struct Ctx {
+    store: Arc<dyn LogStore>,
+    persist: Persist,
+    config: WebhookConfig,
+    client: reqwest::Client,
+    access: Arc<dyn AccessCheck>,
+}
+
+/// A subscription's compiled settings and live status, shared by the API and its task.
+struct Shared {
+    id: String,
+    owner: String,
+    topic: String,
+    /// Checked against the current rules at start-up too: rules may have tightened since the subscription was made.
+    url: Result<Url, UrlRefused>,
+    secret: WebhookSecret,
+    selector: Selector,
+    format: Format,
+    status: Mutex<Status>,
+    /// Cuts idle waits short (redrive requests).
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Status {
+    failing: bool,
+    last_error: Option<ErrorInfo>,
+    last_delivery: Option<DeliveryInfo>,
+    /// Next offset to deliver, per partition (ahead of the persisted ones by at most one commit batch).
+    cursors: Vec<u64>,
+    dead_letters: usize,
+    next_dead_seq: u64,
+    redrive: bool,
+}
+
+impl Shared {
+    fn status(&self) -> MutexGuard<'_, Status> {
+        // A panic while holding this lock cannot leave the status inconsistent (plain field writes).
+        self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+struct Entry {
+    record: StoredRecord,
+    shared: Arc<Shared>,
+    worker: Option<Worker>,
+}
+
+struct Worker {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// A dispatcher dropped without [`Dispatcher::shutdown`] takes its tasks with it, uncommitted cursors and all,
+/// like a crash: their events are delivered again on the next start (at least once), never lost.
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Delivers the webhooks of every subscription (see the module doc).
+pub struct Dispatcher {
+    ctx: Arc<Ctx>,
+    policy: UrlPolicy,
+    subs: tokio::sync::Mutex<HashMap<String, Entry>>,
+    closing: AtomicBool,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").field("policy", &self.policy).finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    /// Loads every subscription from `meta` and starts delivering the active ones, without access re-checks.
+    pub async fn start(
+        store: Arc<dyn LogStore>,
+        meta: Arc<dyn MetaStore>,
+        config: WebhookConfig,
+    ) -> Result<Dispatcher, WebhookError> {
+        Self::start_with_access(store, meta, config, Arc::new(AllowAll)).await
+    }
+
+    /// [`Dispatcher::start`], checking before every read batch that the owner may still read the topic.
+    pub async fn start_with_access(
+        store: Arc<dyn LogStore>,
+        meta: Arc<dyn MetaStore>,
+        config: WebhookConfig,
+        access: Arc<dyn AccessCheck>,
+    ) -> Result<Dispatcher, WebhookError> {
+        if config.max_attempts == 0 || config.timeout.is_zero() {
+            return Err(WebhookError::Invalid(
+                "max_attempts and timeout must be greater than zero".to_owned(),
+            ));
+        }
+        let policy = UrlPolicy::new(&config.allow, &config.deny, &config.own_addresses)
+            .map_err(|e| WebhookError::Invalid(format!("webhook URL rule {e}")))?;
+        let client = delivery::client(&config, &policy)?;
+        let persist = Persist::new(meta);
+        let loaded = persist.load_all().await?;
+        let ctx = Arc::new(Ctx { store, persist, config, client, access });
+        let dispatcher = Dispatcher {
+            ctx,
+            policy,
+            subs: tokio::sync::Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
+        };
+
+        let mut subs = dispatcher.subs.lock().await;
+        let (mut active, mut paused) = (0usize, 0usize);
+        for loaded in loaded {
+            let mut cursors: Vec<u64> = loaded.cursors.iter().map(|c| c.unwrap_or(0)).collect();
+            if let Ok(info) = dispatcher.ctx.store.describe_topic(&loaded.record.topic).await
+                && cursors.len() < info.partitions as usize
+            {
+                // A partition without a cursor starts at its beginning (an out-of-range offset moves to earliest).
+                cursors.resize(info.partitions as usize, 0);
+            }
+            let shared =
+                dispatcher.shared(&loaded.record, cursors, loaded.dead_letters, loaded.next_dead_seq)?;
+            if let Err(refused) = &shared.url {
+                warn!(subscription = %loaded.record.id, error = %refused, "webhook URL is refused by the current rules; its delivery waits");
+            }
+            let mut entry = Entry { record: loaded.record, shared, worker: None };
+            if entry.record.paused {
+                paused += 1;
+            } else {
+                entry.worker = Some(dispatcher.spawn(&entry.shared));
+                active += 1;
+            }
+            subs.insert(entry.record.id.clone(), entry);
+        }
+        drop(subs);
+        info!(active, paused, "webhook dispatcher started");
+        Ok(dispatcher)
+    }
+
+    /// Stops every task (each commits its cursors first); afterwards every control operation is refused.
+    pub async fn shutdown(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let mut subs = self.subs.lock().await;
+        let workers: Vec<(String, Worker)> =
+            subs.iter_mut().filter_map(|(id, e)| e.worker.take().map(|w| (id.clone(), w))).collect();
+        for (_, worker) in &workers {
+            worker.stop.send_replace(true);
+        }
+        for (id, worker) in workers {
+            stop_worker(&id, worker, self.ctx.config.timeout).await;
+        }
+        info!("webhook dispatcher stopped");
+    }
+
+    fn shared(
+        &self,
+        record: &StoredRecord,
+        cursors: Vec<u64>,
+        dead_letters: usize,
+        next_dead_seq: u64,
+    ) -> Result<Arc<Shared>, WebhookError> {
+        let corrupt = |detail: String| WebhookError::Corrupt { key: record.id.clone(), detail };
+        let secret = WebhookSecret::parse(&record.secret).map_err(|e| corrupt(e.to_string()))?;
+        let selector =
+            Selector::parse(record.filter.iter().map(String::as_str), record.key_prefix.as_deref())
+                .map_err(|e| corrupt(e.to_string()))?;
+        Ok(Arc::new(Shared {
+            id: record.id.clone(),
+            owner: record.owner.clone(),
+            topic: record.topic.clone(),
+            url: self.policy.check(&record.url),
+            secret,
+            selector,
+            format: record.format,
+            status: Mutex::new(Status { cursors, dead_letters, next_dead_seq, ..Status::default() }),
+            wake: Notify::new(),
+        }))
+    }
+
+    fn spawn(&self, shared: &Arc<Shared>) -> Worker {
+        let (stop, stopped) = watch::channel(false);
+        let cursors = shared.status().cursors.clone();
+        let run = Run {
+            ctx: Arc::clone(&self.ctx),
+            shared: Arc::clone(shared),
+            stop: stopped,
+            dirty: vec![false; cursors.len()],
+            cursors,
+            pending: 0,
+            since: None,
+        };
+        Worker { stop, task: tokio::spawn(run.run()) }
+    }
+
+    fn check_open(&self) -> Result<(), WebhookError> {
+        if self.closing.load(Ordering::SeqCst) { Err(WebhookError::ShuttingDown) } else { Ok(()) }
+    }
+
+    async fn view(&self, record: &StoredRecord, shared: &Shared) -> SubscriptionView {
+        let (state, last_error, last_delivery, cursors, dead_letters, redriving) = {
+            let status = shared.status();
+            let state = if record.paused {
+                State::Paused
+            } else if status.failing {
+                State::Failing
+            } else {
+                State::Active
+            };
+            (
+                state,
+                status.last_error.clone(),
+                status.last_delivery.clone(),
+                status.cursors.clone(),
+                status.dead_letters,
+                status.redrive,
+            )
+        };
+        let mut partitions = Vec::with_capacity(cursors.len());
+        for (partition, cursor) in (0u32..).zip(cursors) {
+            // A topic deleted under the subscription has no offsets: show no lag rather than fail the listing.
+            let latest = match self.ctx.store.offsets(&record.topic, partition).await {
+                Ok(offsets) => offsets.latest,
+                Err(_) => cursor,
+            };
+            partitions.push(PartitionProgress {
+                partition,
+                cursor,
+                latest,
+                lag: latest.saturating_sub(cursor),
+            });
+        }
+        SubscriptionView {
+            id: record.id.clone(),
+            owner: record.owner.clone(),
+            topic: record.topic.clone(),
+            url: record.url.clone(),
+            filter: record.filter.clone(),
+            key_prefix: record.key_prefix.clone(),
+            format: record.format,
+            from: record.from.clone(),
+            created: rfc3339(record.created_ms),
+            state,
+            last_error,
+            last_delivery,
+            lag: partitions.iter().map(|p| p.lag).sum(),
+            partitions,
+            dead_letters,
+            redriving,
+        }
+    }
+
+    /// A snapshot of one entry, so views are built without holding the lock.
+    async fn snapshot(&self, id: &str) -> Result<(StoredRecord, Arc<Shared>), WebhookError> {
+        let subs = self.subs.lock().await;
+        let entry = subs.get(id).ok_or_else(|| WebhookError::NotFound(id.to_owned()))?;
+        Ok((entry.record.clone(), Arc::clone(&entry.shared)))
+    }
+
+    async fn starting_cursors(&self, topic: &str, from: StartFrom) -> Result<Vec<u64>, WebhookError> {
+        let info = self.ctx.store.describe_topic(topic).await?;
+        let mut cursors = Vec::with_capacity(info.partitions as usize);
+        for partition in 0..info.partitions {
+            let offsets = self.ctx.store.offsets(topic, partition).await?;
+            cursors.push(match from {
+                StartFrom::Beginning => offsets.earliest,
+                StartFrom::Latest => offsets.latest,
+                StartFrom::Time(ms) => {
+                    self.ctx.store.offset_for_timestamp(topic, partition, ms).await?.unwrap_or(offsets.latest)
+                }
+            });
+        }
+        Ok(cursors)
+    }
+}
+
+async fn stop_worker(id: &str, mut worker: Worker, attempt_timeout: Duration) {
+    worker.stop.send_replace(true);
+    if tokio::time::timeout(attempt_timeout + STOP_GRACE, &mut worker.task).await.is_err() {
+        warn!(subscription = %id, "webhook task did not stop in time; aborting it");
+        worker.task.abort();
+    }
+}
+
+fn new_id() -> Result<String, WebhookError> {
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes).map_err(|e| crate::signing::SecretError::Random(e.to_string()))?;
+    let mut id = String::with_capacity(4 + 24);
+    id.push_str("sub_");
+    for b in bytes {
+        id.push_str(&format!("{b:02x}"));
+    }
+    Ok(id)
+}
+
+fn rfc3339(ms: i64) -> String {
+    esgf_events_envelope::rfc3339_millis(ms)
+}
+
+fn now_rfc3339() -> String {
+    rfc3339(chrono::Utc::now().timestamp_millis())
+}
+
+#[async_trait]
+impl SubscriptionControl for Dispatcher {
+    async fn create(&self, owner: &str, request: NewSubscription) -> Result<Created, WebhookError> {
+        self.check_open()?;
+        esgf_events_engine::validate_topic_name(&request.topic)?;
+        if request.url.len() > MAX_URL_BYTES {
+            return Err(WebhookError::Invalid(format!("the URL is longer than {MAX_URL_BYTES} bytes")));
+        }
+        self.policy.check(&request.url)?;
+        if request.key_prefix.as_ref().is_some_and(|p| p.len() > MAX_KEY_PREFIX_BYTES) {
+            return Err(WebhookError::Invalid(format!(
+                "key_prefix is longer than {MAX_KEY_PREFIX_BYTES} bytes"
+            )));
+        }
+        Selector::parse(request.filter.iter().map(String::as_str), request.key_prefix.as_deref())
+            .map_err(|e| WebhookError::Invalid(e.to_string()))?;
+        let from_text = request.from.clone().unwrap_or_else(|| "latest".to_owned());
+        let from = StartFrom::parse(&from_text).map_err(WebhookError::Invalid)?;
+        let cursors = self.starting_cursors(&request.topic, from).await?;
+
+        let secret = WebhookSecret::generate()?;
+        let record = StoredRecord {
+            id: new_id()?,
+            owner: owner.to_owned(),
+            topic: request.topic,
+            url: request.url,
+            filter: request.filter,
+            key_prefix: request.key_prefix,
+            format: request.format.unwrap_or_default(),
+            from: from_text,
+            created_ms: chrono::Utc::now().timestamp_millis(),
+            paused: false,
+            secret: secret.expose().to_owned(),
+        };
+
+        let mut subs = self.subs.lock().await;
+        self.check_open()?;
+        let max = self.ctx.config.max_subscriptions_per_owner;
+        if subs.values().filter(|e| e.record.owner == owner).count() >= max {
+            return Err(WebhookError::Limit { owner: owner.to_owned(), max });
+        }
+        let shared = self.shared(&record, cursors.clone(), 0, 1)?;
+        self.ctx.persist.create(&record, &cursors).await?;
+        let worker = self.spawn(&shared);
+        info!(
+            subscription = %record.id, owner, topic = %record.topic,
+            host = shared.url.as_ref().ok().and_then(|u| u.host_str()).unwrap_or(""),
+            from = %record.from, "webhook subscription created"
+        );
+        let entry = Entry { record: record.clone(), shared: Arc::clone(&shared), worker: Some(worker) };
+        subs.insert(record.id.clone(), entry);
+        drop(subs);
+        Ok(Created { subscription: self.view(&record, &shared).await, secret })
+    }
+
+    async fn list(&self, owner: Option<&str>) -> Result<Vec<SubscriptionView>, WebhookError> {
+        let mut snapshots: Vec<(StoredRecord, Arc<Shared>)> = {
+            let subs = self.subs.lock().await;
+            subs.values()
+                .filter(|e| owner.is_none_or(|o| e.record.owner == o))
+                .map(|e| (e.record.clone(), Arc::clone(&e.shared)))
+                .collect()
+        };
+        snapshots.sort_by(|(a, _), (b, _)| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        let mut views = Vec::with_capacity(snapshots.len());
+        for (record, shared) in &snapshots {
+            views.push(self.view(record, shared).await);
+        }
+        Ok(views)
+    }
+
+    async fn get(&self, id: &str) -> Result<SubscriptionView, WebhookError> {
+        let (record, shared) = self.snapshot(id).await?;
+        Ok(self.view(&record, &shared).await)
+    }
+
+    async fn pause(&self, id: &str) -> Result<SubscriptionView, WebhookError> {
+        self.check_open()?;
+        let mut subs = self.subs.lock().await;
+        let entry = subs.get_mut(id).ok_or_else(|| WebhookError::NotFound(id.to_owned()))?;
+        if !entry.record.paused {
+            let mut record = entry.record.clone();
+            record.paused = true;
+            self.ctx.persist.save(&record).await?;
+            entry.record = record;
+            if let Some(worker) = entry.worker.take() {
+                stop_worker(id, worker, self.ctx.config.timeout).await;
+            }
+            entry.shared.status().failing = false;
+            info!(subscription = %id, "webhook subscription paused");
+        }
+        let (record, shared) = (entry.record.clone(), Arc::clone(&entry.shared));
+        drop(subs);
+        Ok(self.view(&record, &shared).await)
+    }
+
+    async fn resume(&self, id: &str) -> Result<SubscriptionView, WebhookError> {
+        self.check_open()?;
+        let mut subs = self.subs.lock().await;
+        let entry = subs.get_mut(id).ok_or_else(|| WebhookError::NotFound(id.to_owned()))?;
+        if entry.record.paused {
+            let mut record = entry.record.clone();
+            record.paused = false;
+            self.ctx.persist.save(&record).await?;
+            entry.record = record;
+            let shared = Arc::clone(&entry.shared);
+            entry.worker = Some(self.spawn(&shared));
+            info!(subscription = %id, "webhook subscription resumed");
+        }
+        let (record, shared) = (entry.record.clone(), Arc::clone(&entry.shared));
+        drop(subs);
+        Ok(self.view(&record, &shared).await)
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), WebhookError> {
+        self.check_open()?;
+        let mut subs = self.subs.lock().await;
+        let entry = subs.get_mut(id).ok_or_else(|| WebhookError::NotFound(id.to_owned()))?;
+        // The task goes first: its last cursor commit must not land after the delete.
+        if let Some(worker) = entry.worker.take() {
+            stop_worker(id, worker, self.ctx.config.timeout).await;
+        }
+        if let Err(e) = self.ctx.persist.delete(id).await {
+            if !entry.record.paused {
+                let shared = Arc::clone(&entry.shared);
+                entry.worker = Some(self.spawn(&shared));
+            }
+            return Err(e);
+        }
+        subs.remove(id);
+        info!(subscription = %id, "webhook subscription deleted");
+        Ok(())
+    }
+
+    async fn dead_letters(
+        &self,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, WebhookError> {
+        self.snapshot(id).await?;
+        self.ctx.persist.dead_letters(id, after, limit).await
+    }
+
+    async fn redrive(&self, id: &str) -> Result<usize, WebhookError> {
+        self.check_open()?;
+        let (record, shared) = self.snapshot(id).await?;
+        if record.paused {
+            return Err(WebhookError::Paused(id.to_owned()));
+        }
+        let count = {
+            let mut status = shared.status();
+            status.redrive = true;
+            status.dead_letters
+        };
+        shared.wake.notify_one();
+        info!(subscription = %id, dead_letters = count, "webhook redrive queued");
+        Ok(count)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// One subscription's task
+// ---------------------------------------------------------------------------------------------------------------
+
+/// How a delivery loop step ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    /// Something was delivered, skipped or waited on: look again.
+    Progress,
+    /// Nothing to deliver right now.
+    Idle,
+    /// Stop was requested.
+    Stop,
+}
+
+/// The outcome of delivering one event, retries included.
+enum Attempts {
+    Delivered { status: u16, attempts: u32 },
+    GaveUp { message: String, attempts: u32 },
+    Stop,
+}
+
+struct Run {
+    ctx: Arc<Ctx>,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    cursors: Vec<u64>,
+    /// Partitions whose cursor moved since the last commit.
+    dirty: Vec<bool>,
+    /// Events passed since the last commit.
+    pending: usize,
+    /// When the oldest uncommitted move happened.
+    since: Option<Instant>,
+}
+
+/// Resolves once stop is requested (or the dispatcher is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+impl Run {
+    async fn run(mut self) {
+        debug!(subscription = %self.shared.id, "webhook task started");
+        self.deliver_loop().await;
+        self.commit().await;
+        debug!(subscription = %self.shared.id, "webhook task stopped");
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow() || self.stop.has_changed().is_err()
+    }
+
+    /// Waits for `timeout` (forever if `None`), a wake-up or stop; true if stop.
+    async fn park(&self, timeout: Option<Duration>) -> bool {
+        let mut stop = self.stop.clone();
+        let sleep = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep => false,
+            () = self.shared.wake.notified() => false,
+            () = stopped(&mut stop) => true,
+        }
+    }
+
+    fn note_error(&self, webhook_id: Option<&str>, attempt: u32, message: String) {
+        let mut status = self.shared.status();
+        status.failing = true;
+        status.last_error = Some(ErrorInfo {
+            time: now_rfc3339(),
+            webhook_id: webhook_id.map(str::to_owned),
+            attempt,
+            message,
+        });
+    }
+
+    async fn deliver_loop(&mut self) {
+        if let Err(refused) = &self.shared.url {
+            self.note_error(None, 0, refused.to_string());
+            self.park(None).await;
+            return;
+        }
+        loop {
+            if self.stopping() {
+                return;
+            }
+            if !self.ctx.access.may_read(&self.shared.owner, &self.shared.topic) {
+                let message = format!(
+                    "'{}' may no longer read topic '{}': delivery resumes once the grant is back",
+                    self.shared.owner, self.shared.topic
+                );
+                warn!(subscription = %self.shared.id, "{message}");
+                self.note_error(None, 0, message);
+                self.commit().await;
+                if self.park(Some(RECHECK)).await {
+                    return;
+                }
+                continue;
+            }
+            let (redrive, full) = {
+                let mut status = self.shared.status();
+                let redrive = std::mem::take(&mut status.redrive);
+                (redrive, status.dead_letters >= self.ctx.config.max_dead_letters)
+            };
+            if redrive {
+                if self.redrive().await {
+                    return;
+                }
+                continue;
+            }
+            if full {
+                let message = format!(
+                    "the dead-letter list is full ({} events): redrive or delete it to go on",
+                    self.ctx.config.max_dead_letters
+                );
+                self.note_error(None, 0, message);
+                self.commit().await;
+                if self.park(Some(RECHECK)).await {
+                    return;
+                }
+                continue;
+            }
+            match self.deliver_available().await {
+                Flow::Stop => return,
+                Flow::Progress => {}
+                Flow::Idle => {
+                    self.commit().await;
+                    self.shared.status().failing = false;
+                    if self.wait_for_records().await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One read batch per partition, each selected event delivered in order.
+    async fn deliver_available(&mut self) -> Flow {
+        let mut progressed = false;
+        for partition in 0..self.cursors.len() {
+            let p = partition as u32;
+            let offset = self.cursors[partition];
+            let mut stop = self.stop.clone();
+            let read = tokio::select! {
+                read = self.ctx.store.read(&self.shared.topic, p, offset, READ_LIMITS) => read,
+                () = stopped(&mut stop) => return Flow::Stop,
+            };
+            let batch = match read {
+                Ok(batch) => batch,
+                Err(StoreError::OffsetOutOfRange { earliest, latest, .. }) => {
+                    let to = if offset < earliest { earliest } else { latest };
+                    warn!(
+                        subscription = %self.shared.id, partition = p, from = offset, to,
+                        "cursor outside the partition (events expired by retention, or the topic was recreated): moving it"
+                    );
+                    self.advance(partition, to, true);
+                    progressed = true;
+                    continue;
+                }
+                Err(err) => {
+                    let gone =
+                        matches!(err, StoreError::TopicNotFound(_) | StoreError::PartitionNotFound { .. });
+                    self.note_error(None, 0, format!("cannot read topic '{}': {err}", self.shared.topic));
+                    let wait = if gone { RECHECK } else { STORAGE_RETRY };
+                    return if self.park(Some(wait)).await { Flow::Stop } else { Flow::Progress };
+                }
+            };
+            let next = batch.next_offset;
+            for record in batch.records {
+                if !self.shared.selector.matches(record.key.as_deref(), &record.value) {
+                    self.advance(partition, record.offset + 1, false);
+                    progressed = true;
+                    continue;
+                }
+                if !self.deliver(partition, &record).await {
+                    return Flow::Stop;
+                }
+                progressed = true;
+                if self.pending >= COMMIT_EVERY || self.since.is_some_and(|t| t.elapsed() >= COMMIT_INTERVAL)
+                {
+                    self.commit().await;
+                }
+                let interrupt = {
+                    let status = self.shared.status();
+                    status.redrive || status.dead_letters >= self.ctx.config.max_dead_letters
+                };
+                if interrupt {
+                    return Flow::Progress;
+                }
+            }
+            if next > self.cursors[partition] {
+                self.advance(partition, next, false);
+            }
+        }
+        if progressed { Flow::Progress } else { Flow::Idle }
+    }
+
+    /// Moves a partition's cursor forward; `commit_now` marks a move worth persisting at once.
+    fn advance(&mut self, partition: usize, to: u64, commit_now: bool) {
+        if to <= self.cursors[partition] {
+            return;
+        }
+        self.cursors[partition] = to;
+        self.dirty[partition] = true;
+        self.pending += if commit_now { COMMIT_EVERY } else { 1 };
+        self.since.get_or_insert_with(Instant::now);
+        if let Some(cursor) = self.shared.status().cursors.get_mut(partition) {
+            *cursor = to;
+        }
+    }
+
+    /// Persists the cursors that moved; on failure they stay dirty for the next commit.
+    async fn commit(&mut self) {
+        let moved: Vec<(u32, u64)> = (0u32..)
+            .zip(self.cursors.iter().zip(&self.dirty))
+            .filter(|(_, (_, dirty))| **dirty)
+            .map(|(p, (cursor, _))| (p, *cursor))
+            .collect();
+        if moved.is_empty() {
+            return;
+        }
+        match self.ctx.persist.commit_cursors(&self.shared.id, &moved).await {
+            Ok(()) => {
+                self.dirty.iter_mut().for_each(|d| *d = false);
+                self.pending = 0;
+                self.since = None;
+            }
+            Err(err) => {
+                error!(subscription = %self.shared.id, error = %err, "cannot persist webhook cursors; will retry");
+            }
+        }
+    }
+
+    /// Delivers one event, retrying; a final failure makes it a dead letter. False if stop was requested.
+    async fn deliver(&mut self, partition: usize, record: &Record) -> bool {
+        let p = partition as u32;
+        let webhook_id = format!("{}-{p}-{}", self.shared.topic, record.offset);
+        match self.attempts(p, record, &webhook_id).await {
+            Attempts::Stop => false,
+            Attempts::Delivered { status, attempts } => {
+                self.delivered(&webhook_id, status, attempts);
+                self.advance(partition, record.offset + 1, false);
+                true
+            }
+            Attempts::GaveUp { message, attempts } => {
+                let seq = self.shared.status().next_dead_seq;
+                let letter = DeadLetter {
+                    seq,
+                    partition: p,
+                    offset: record.offset,
+                    webhook_id: webhook_id.clone(),
+                    failed_at: now_rfc3339(),
+                    attempts,
+                    last_error: message,
+                };
+                loop {
+                    match self
+                        .ctx
+                        .persist
+                        .add_dead_letter(&self.shared.id, &letter, (p, record.offset + 1))
+                        .await
+                    {
+                        Ok(()) => break,
+                        Err(err) => {
+                            error!(subscription = %self.shared.id, error = %err, "cannot store a dead letter; will retry");
+                            if self.park(Some(STORAGE_RETRY)).await {
+                                return false;
+                            }
+                        }
+                    }
+                }
+                warn!(
+                    subscription = %self.shared.id, webhook_id, attempts, error = %letter.last_error,
+                    "webhook delivery failed for good: event moved to the dead-letter list"
+                );
+                {
+                    let mut status = self.shared.status();
+                    status.dead_letters += 1;
+                    status.next_dead_seq = seq + 1;
+                }
+                // The dead letter's transaction persisted this cursor already.
+                let other_moves = self.dirty.iter().enumerate().any(|(i, d)| *d && i != partition);
+                self.advance(partition, record.offset + 1, false);
+                self.dirty[partition] = false;
+                if !other_moves {
+                    self.pending = 0;
+                    self.since = None;
+                }
+                true
+            }
+        }
+    }
+
+    fn delivered(&self, webhook_id: &str, status: u16, attempts: u32) {
+        let mut s = self.shared.status();
+        s.failing = false;
+        s.last_delivery =
+            Some(DeliveryInfo { time: now_rfc3339(), webhook_id: webhook_id.to_owned(), status, attempts });
+    }
+
+    /// Attempts one event until it is delivered, retries run out, or stop.
+    async fn attempts(&self, partition: u32, record: &Record, webhook_id: &str) -> Attempts {
+        let Ok(url) = &self.shared.url else {
+            return Attempts::Stop;
+        };
+        let (body, content_type): (Bytes, &'static str) = delivery::render(
+            self.shared.format,
+            &self.shared.topic,
+            partition,
+            record.offset,
+            record.timestamp_ms,
+            &record.value,
+        );
+        let message = Message { url, secret: &self.shared.secret, webhook_id, body: &body, content_type };
+        let config = &self.ctx.config;
+        let started = Instant::now();
+        let mut stop = self.stop.clone();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            // Not interrupted by stop: an attempt ends within the timeout anyway, and letting it finish means a
+            // receiver that accepted the event is not sent it again after a pause or a restart.
+            let result = delivery::attempt(&self.ctx.client, config.timeout, &message).await;
+            let failure = match result {
+                Ok(status) => return Attempts::Delivered { status: status.as_u16(), attempts: attempt },
+                Err(failure) => failure,
+            };
+            debug!(subscription = %self.shared.id, webhook_id, attempt, error = %failure.message, "webhook attempt failed");
+            self.note_error(Some(webhook_id), attempt, failure.message.clone());
+            if attempt >= config.max_attempts {
+                return Attempts::GaveUp { message: failure.message, attempts: attempt };
+            }
+            let wait = match failure.retry_after {
+                Some(asked) => asked.min(config.backoff_cap),
+                None => backoff::delay(attempt, config.backoff_base, config.backoff_cap, fastrand::f64()),
+            };
+            if started.elapsed() + wait >= config.max_age {
+                return Attempts::GaveUp {
+                    message: format!("{} (gave up: retrying would exceed max_age)", failure.message),
+                    attempts: attempt,
+                };
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = stopped(&mut stop) => return Attempts::Stop,
+            }
+        }
+    }
+
+    /// Delivers the dead letters again, oldest first, removing each once delivered; stops at the first that
+    /// fails for good (it stays, with its new error). True if stop was requested.
+    async fn redrive(&mut self) -> bool {
+        let id = self.shared.id.clone();
+        let letters = match self.ctx.persist.dead_letters(&id, 0, usize::MAX).await {
+            Ok(letters) => letters,
+            Err(err) => {
+                self.note_error(None, 0, format!("cannot read the dead letters: {err}"));
+                self.shared.status().redrive = true;
+                return self.park(Some(STORAGE_RETRY)).await;
+            }
+        };
+        info!(subscription = %id, dead_letters = letters.len(), "redriving dead letters");
+        for mut letter in letters {
+            let read = self
+                .ctx
+                .store
+                .read(
+                    &self.shared.topic,
+                    letter.partition,
+                    letter.offset,
+                    ReadLimits { max_records: 1, max_bytes: 1 },
+                )
+                .await;
+            let record = match read {
+                Ok(batch) => batch.records.into_iter().next().filter(|r| r.offset == letter.offset),
+                Err(StoreError::OffsetOutOfRange { .. }) => None,
+                Err(err) => {
+                    self.note_error(
+                        None,
+                        0,
+                        format!("redrive cannot read topic '{}': {err}", self.shared.topic),
+                    );
+                    self.shared.status().redrive = true;
+                    return self.park(Some(STORAGE_RETRY)).await;
+                }
+            };
+            let outcome = match &record {
+                Some(record) => self.attempts(letter.partition, record, &letter.webhook_id).await,
+                None => {
+                    warn!(subscription = %id, webhook_id = %letter.webhook_id, "dead letter no longer in the log (retention): dropping it");
+                    Attempts::Delivered { status: 0, attempts: 0 }
+                }
+            };
+            match outcome {
+                Attempts::Stop => {
+                    self.shared.status().redrive = true;
+                    return true;
+                }
+                Attempts::Delivered { status, attempts } => {
+                    if let Err(err) = self.ctx.persist.remove_dead_letter(&id, letter.seq).await {
+                        error!(subscription = %id, error = %err, "cannot remove a redriven dead letter; redrive stopped");
+                        return false;
+                    }
+                    self.shared.status().dead_letters -= 1;
+                    if record.is_some() {
+                        self.delivered(&letter.webhook_id, status, attempts);
+                    }
+                }
+                Attempts::GaveUp { message, attempts } => {
+                    letter.attempts = letter.attempts.saturating_add(attempts);
+                    letter.last_error = message;
+                    letter.failed_at = now_rfc3339();
+                    if let Err(err) = self.ctx.persist.update_dead_letter(&id, &letter).await {
+                        error!(subscription = %id, error = %err, "cannot update a dead letter");
+                    }
+                    warn!(subscription = %id, webhook_id = %letter.webhook_id, "redrive stopped: the event failed again");
+                    return false;
+                }
+            }
+        }
+        false
+    }
+
+    /// Waits until any partition has a record at its cursor, a wake-up, or stop; true if stop.
+    async fn wait_for_records(&self) -> bool {
+        let mut stop = self.stop.clone();
+        let mut waits = JoinSet::new();
+        for (partition, cursor) in (0u32..).zip(&self.cursors) {
+            let store = Arc::clone(&self.ctx.store);
+            let topic = self.shared.topic.clone();
+            let cursor = *cursor;
+            waits.spawn(async move { store.wait_for(&topic, partition, cursor, IDLE_WAIT).await });
+        }
+        let waited = tokio::select! {
+            result = waits.join_next() => match result {
+                Some(Ok(Ok(_))) | None => true,
+                // The store refused (topic gone, shutting down): the next read reports it; do not spin.
+                Some(Ok(Err(_)) | Err(_)) => false,
+            },
+            () = self.shared.wake.notified() => true,
+            () = stopped(&mut stop) => return true,
+        };
+        // Dropping the set aborts the other partitions' waits.
+        drop(waits);
+        if !waited {
+            return self.park(Some(STORAGE_RETRY)).await;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_prefixed_random_hex() {
+        let id = new_id().expect("random");
+        assert!(id.starts_with("sub_") && id.len() == 28, "{id}");
+        assert!(id[4..].bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(new_id().expect("random"), id);
+    }
+}

@@ -1,0 +1,222 @@
+//! Where subscriptions live in the state store ([`MetaStore`]).
+//!
+//! - `webhook_subscriptions`: key = subscription id, value = JSON [`Record`], **including the signing secret**:
+//!   HMAC needs the secret itself, so it cannot be hashed like an API token. The state file is created 0600 and
+//!   the secret never leaves it again (no API answer, no log line, `Debug` of the parsed secret hides it).
+//! - `webhook_cursors`: key = `id \0 partition` (zero-padded, so keys sort by partition), value = the next offset
+//!   to deliver, as decimal text.
+//! - `webhook_dead_letters`: key = `id \0 seq` (zero-padded), value = JSON [`DeadLetter`].
+//!
+//! `\0` cannot occur in an id (ids are generated: `sub_` + hex), so an id's prefix scan finds only its own keys.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use esgf_events_meta::{MetaStore, Write};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{DeadLetter, Format, WebhookError};
+
+pub(crate) const SUBSCRIPTIONS: &str = "webhook_subscriptions";
+pub(crate) const CURSORS: &str = "webhook_cursors";
+pub(crate) const DEAD_LETTERS: &str = "webhook_dead_letters";
+
+/// A subscription as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub(crate) id: String,
+    pub(crate) owner: String,
+    pub(crate) topic: String,
+    pub(crate) url: String,
+    pub(crate) filter: Vec<String>,
+    pub(crate) key_prefix: Option<String>,
+    pub(crate) format: Format,
+    pub(crate) from: String,
+    pub(crate) created_ms: i64,
+    pub(crate) paused: bool,
+    /// `whsec_...`; see the module doc.
+    pub(crate) secret: String,
+}
+
+/// A subscription and its delivery state, as loaded at start-up.
+pub(crate) struct Loaded {
+    pub(crate) record: Record,
+    /// Indexed by partition; partitions without a stored cursor are `None`.
+    pub(crate) cursors: Vec<Option<u64>>,
+    pub(crate) dead_letters: usize,
+    /// The sequence number the next dead letter gets.
+    pub(crate) next_dead_seq: u64,
+}
+
+fn prefix(id: &str) -> String {
+    format!("{id}\0")
+}
+
+fn cursor_key(id: &str, partition: u32) -> String {
+    format!("{id}\0{partition:010}")
+}
+
+fn dead_key(id: &str, seq: u64) -> String {
+    format!("{id}\0{seq:020}")
+}
+
+fn corrupt(key: &str, detail: impl ToString) -> WebhookError {
+    WebhookError::Corrupt { key: key.to_owned(), detail: detail.to_string() }
+}
+
+fn cursor_write(id: &str, partition: u32, offset: u64) -> Write {
+    Write {
+        collection: CURSORS,
+        key: cursor_key(id, partition),
+        value: Some(Bytes::from(offset.to_string())),
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Bytes {
+    // Plain structs of strings and numbers always serialize.
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}
+
+#[derive(Clone)]
+pub(crate) struct Persist {
+    meta: Arc<dyn MetaStore>,
+}
+
+impl Persist {
+    pub(crate) fn new(meta: Arc<dyn MetaStore>) -> Self {
+        Persist { meta }
+    }
+
+    pub(crate) async fn load_all(&self) -> Result<Vec<Loaded>, WebhookError> {
+        let mut loaded = Vec::new();
+        for (key, value) in self.meta.scan(SUBSCRIPTIONS, "").await? {
+            let record: Record = serde_json::from_slice(&value).map_err(|e| corrupt(&key, e))?;
+            let mut cursors = Vec::new();
+            for (key, value) in self.meta.scan(CURSORS, &prefix(&record.id)).await? {
+                let partition = key
+                    .rsplit('\0')
+                    .next()
+                    .and_then(|p| p.parse::<usize>().ok())
+                    .ok_or_else(|| corrupt(&key, "no partition in the key"))?;
+                let offset = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| corrupt(&key, "the cursor is not a number"))?;
+                if cursors.len() <= partition {
+                    cursors.resize(partition + 1, None);
+                }
+                cursors[partition] = Some(offset);
+            }
+            let dead = self.meta.scan(DEAD_LETTERS, &prefix(&record.id)).await?;
+            let next_dead_seq = match dead.last() {
+                Some((key, value)) => {
+                    let letter: DeadLetter = serde_json::from_slice(value).map_err(|e| corrupt(key, e))?;
+                    letter.seq + 1
+                }
+                None => 1,
+            };
+            loaded.push(Loaded { record, cursors, dead_letters: dead.len(), next_dead_seq });
+        }
+        Ok(loaded)
+    }
+
+    /// The record and its starting cursors, atomically.
+    pub(crate) async fn create(&self, record: &Record, cursors: &[u64]) -> Result<(), WebhookError> {
+        let mut writes =
+            vec![Write { collection: SUBSCRIPTIONS, key: record.id.clone(), value: Some(json(record)) }];
+        for (partition, offset) in (0u32..).zip(cursors) {
+            writes.push(cursor_write(&record.id, partition, *offset));
+        }
+        self.meta.write(writes).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn save(&self, record: &Record) -> Result<(), WebhookError> {
+        self.meta.put(SUBSCRIPTIONS, &record.id, json(record)).await?;
+        Ok(())
+    }
+
+    /// The record, its cursors and its dead letters, atomically.
+    pub(crate) async fn delete(&self, id: &str) -> Result<(), WebhookError> {
+        let mut writes = vec![Write { collection: SUBSCRIPTIONS, key: id.to_owned(), value: None }];
+        for collection in [CURSORS, DEAD_LETTERS] {
+            for (key, _) in self.meta.scan(collection, &prefix(id)).await? {
+                writes.push(Write { collection, key, value: None });
+            }
+        }
+        self.meta.write(writes).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn commit_cursors(&self, id: &str, cursors: &[(u32, u64)]) -> Result<(), WebhookError> {
+        if cursors.is_empty() {
+            return Ok(());
+        }
+        let writes = cursors.iter().map(|(p, offset)| cursor_write(id, *p, *offset)).collect();
+        self.meta.write(writes).await?;
+        Ok(())
+    }
+
+    /// Stores a dead letter and moves its partition's cursor past it, atomically: the event is either still to
+    /// be delivered or in the list, never neither.
+    pub(crate) async fn add_dead_letter(
+        &self,
+        id: &str,
+        letter: &DeadLetter,
+        cursor: (u32, u64),
+    ) -> Result<(), WebhookError> {
+        self.meta
+            .write(vec![
+                Write { collection: DEAD_LETTERS, key: dead_key(id, letter.seq), value: Some(json(letter)) },
+                cursor_write(id, cursor.0, cursor.1),
+            ])
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn update_dead_letter(&self, id: &str, letter: &DeadLetter) -> Result<(), WebhookError> {
+        self.meta.put(DEAD_LETTERS, &dead_key(id, letter.seq), json(letter)).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn remove_dead_letter(&self, id: &str, seq: u64) -> Result<(), WebhookError> {
+        self.meta.delete(DEAD_LETTERS, &dead_key(id, seq)).await?;
+        Ok(())
+    }
+
+    /// Dead letters with `seq > after`, oldest first, at most `limit`.
+    pub(crate) async fn dead_letters(
+        &self,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, WebhookError> {
+        let mut letters = Vec::new();
+        for (key, value) in self.meta.scan(DEAD_LETTERS, &prefix(id)).await? {
+            let letter: DeadLetter = serde_json::from_slice(&value).map_err(|e| corrupt(&key, e))?;
+            if letter.seq > after {
+                letters.push(letter);
+                if letters.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(letters)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_by_partition_and_sequence() {
+        assert!(cursor_key("s", 2) < cursor_key("s", 10));
+        assert!(dead_key("s", 9) < dead_key("s", 10));
+        assert!(cursor_key("s", 0).starts_with(&prefix("s")));
+        assert!(
+            !cursor_key("sub_a1", 0).starts_with(&prefix("sub_a")),
+            "one id's prefix never covers another"
+        );
+    }
+}
