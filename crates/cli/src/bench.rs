@@ -141,6 +141,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     report.replay.push(measure_engine_replay(&log, &baseline).await?);
     eprintln!("replay: reading it through HTTP ...");
     report.replay.push(measure_http_replay(&server, &plan, &baseline).await?);
+    eprintln!("replica: applying a generated stream into a SQLite index ...");
+    report.replay.push(measure_replica_apply(work.path(), &pool, &baseline).await?);
 
     server.stop().await?;
     log.shutdown().await.context("shutting the embedded store down")?;
@@ -1132,6 +1134,64 @@ async fn measure_engine_replay(log: &Arc<dyn LogStore>, baseline: &Baseline) -> 
     }
     run.elapsed = started.elapsed();
     Ok(Row::new("replay read (engine)", MAX_RECORDS, 1, run, baseline))
+}
+
+/// The reference index replica's apply rate: every pool event as a POST, then per dataset a replica addition
+/// and a retraction (JSON Patch), committed into an on-disk index (WAL, `synchronous=FULL`) in pages of 1000
+/// with their offsets, as `esgf-events replicate` commits them. Events are parsed beforehand (the follower
+/// parses while it fetches), so this is the index's own rate.
+async fn measure_replica_apply(dir: &Path, pool: &Arc<EventPool>, baseline: &Baseline) -> anyhow::Result<Row> {
+    use esgf_events_replica::{ErrorPolicy, Index, PageEvent};
+    const PAGE: usize = 1000;
+    let path = dir.join("replica-bench.db");
+    let pool = Arc::clone(pool);
+    let run = tokio::task::spawn_blocking(move || -> anyhow::Result<Run> {
+        let mut stream: Vec<(serde_json::Value, u64)> = Vec::new();
+        for event in &pool.events {
+            stream.push((serde_json::from_slice(event).context("a pool event is JSON")?, event.len() as u64));
+        }
+        for key in &pool.keys {
+            let id = String::from_utf8_lossy(key);
+            let patch = |ops: serde_json::Value| {
+                let event = json!({"metadata": {"publisher": {"package": "esgf_publisher", "version": "5.2.3"}},
+                    "data": {"type": "STAC", "payload": {"method": "PATCH", "collection_id": "CMIP6",
+                                                          "item_id": id, "patch": ops}}});
+                let bytes = event.to_string().len() as u64;
+                (event, bytes)
+            };
+            let mirror = format!("https://eagle.alcf.anl.gov/css03_data/{}/data.nc", id.replace('.', "/"));
+            stream.push(patch(json!([{"op": "add", "path": "/assets/mirror0000",
+                "value": {"alternate": {"eagle.alcf.anl.gov": {"href": mirror, "roles": ["data"]}}}}])));
+            stream.push(patch(json!([{"op": "add", "path": "/properties/retracted", "value": true},
+                                     {"op": "add", "path": "/properties/latest", "value": false}])));
+        }
+        let mut index = Index::open_or_create(&path).context("creating the bench index")?;
+        index.bind_topic("bench.replica").context("binding the bench index")?;
+        let mut pages: Vec<(Vec<PageEvent>, u64)> = Vec::new();
+        for (page, chunk) in stream.chunks(PAGE).enumerate() {
+            let events = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (event, _))| PageEvent { offset: (page * PAGE + i) as u64, event: Ok(event.clone()) })
+                .collect();
+            pages.push((events, chunk.iter().map(|(_, bytes)| bytes).sum()));
+        }
+        let mut run = Run::default();
+        let started = Instant::now();
+        for (events, bytes) in &pages {
+            let began = Instant::now();
+            let outcome = index.apply_page(0, events, ErrorPolicy::Continue).context("applying a page")?;
+            run.latencies.push(began.elapsed());
+            ensure!(outcome.rejected == 0, "the bench stream has events the index rejects");
+            run.events += outcome.applied as u64;
+            run.bytes += bytes;
+        }
+        run.elapsed = started.elapsed();
+        Ok(run)
+    })
+    .await
+    .context("the replica bench task")??;
+    Ok(Row::new("replica apply (SQLite index)", PAGE, 1, run, baseline))
 }
 
 /// One page of `GET /v1/topics/{t}/events`: only what the bench needs, values left unparsed.

@@ -108,7 +108,10 @@ pub(crate) fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Opti
 }
 
 /// Every value of parameter `name`, in order.
-pub(crate) fn query_values<'a>(pairs: &'a [(String, String)], name: &'a str) -> impl Iterator<Item = &'a str> {
+pub(crate) fn query_values<'a>(
+    pairs: &'a [(String, String)],
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> {
     pairs.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str())
 }
 

@@ -239,7 +239,8 @@ impl ApiError {
                 "the state store failed; the details are in the server log".to_owned()
             }
             ApiError::Offsets(OffsetsError::Corrupt { .. }) => {
-                "a stored consumer-group offset failed its check; the details are in the server log".to_owned()
+                "a stored consumer-group offset failed its check; the details are in the server log"
+                    .to_owned()
             }
             ApiError::Webhook(
                 WebhookError::Store(_)

@@ -37,7 +37,8 @@
 //!
 //! **Following a topic** (`stream.rs`): server-sent events whose ids are self-contained cursors (`cursor.rs`),
 //! so `Last-Event-ID` resumes exactly after the last event seen, across restarts; each stream reads the log
-//! itself into a small bounded queue, so a slow client stalls only its own reader. Reads and streams accept
+//! itself into a small bounded queue, so a slow client stalls only its own reader, while followers of a
+//! partition share the records they read near its end (`tail.rs`). Reads and streams accept
 //! server-side filters and CloudEvents output (the `esgf_events_envelope` crate).
 //!
 //! Every error is an RFC 9457 `application/problem+json` document whose `type` is a stable URN
@@ -67,9 +68,9 @@ mod topics;
 #[cfg(test)]
 mod api_tests;
 #[cfg(test)]
-mod test_store;
-#[cfg(test)]
 mod stream_tests;
+#[cfg(test)]
+mod test_store;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -17,7 +17,8 @@
 //! Resources: each stream has its own reader task that reads the log (cheap memory-mapped slices), waits on
 //! the store when caught up, and pushes formatted events into a channel of [`CHANNEL_EVENTS`] to the response
 //! body. A slow client therefore stalls only its own reader, which holds at most one read batch besides the
-//! channel; it catches up from the log later. Partitions are merged fairly: one batch from each in turn.
+//! channel; it catches up from the log later. Followers of the same partition share what they read near its
+//! end (`tail.rs`): one log read and one rendering per event, however many follow. Partitions are merged fairly: one batch from each in turn.
 //! Streams are bounded by `HttpConfig::max_streams` (503 beyond), idle ones send `: keep-alive` comments every
 //! `HttpConfig::stream_heartbeat`, and all end cleanly (after a last group commit) when the server shuts down.
 
@@ -222,6 +223,7 @@ pub(crate) async fn stream(
             uncommitted_events: 0,
         }),
         tails: partitions.iter().map(|p| state.tails.follow(&topic, info.created_ms, *p)).collect(),
+        woken: vec![true; partitions.len()],
         topic,
         partitions,
         positions,
@@ -394,6 +396,8 @@ pub(crate) struct Reader {
     positions: Vec<u64>,
     /// Each partition's shared tail (parallel to `partitions`).
     tails: Vec<Arc<Tail>>,
+    /// Per partition: woken since its last read, so the next read must look at the log even at its known end.
+    woken: Vec<bool>,
     selector: Selector,
     format: Format,
     tx: mpsc::Sender<Chunk>,
@@ -506,7 +510,7 @@ impl Reader {
                 waited = wait_any(self.store.as_ref(), &self.topic, &self.partitions, &self.positions, timeout) => waited,
             };
             match waited {
-                Ok(true) => {}
+                Ok(true) => self.woken.fill(true),
                 // Returned before its time with nothing new: the partition is gone or the log is closing.
                 Ok(false) if started.elapsed() < timeout => return End::Closed,
                 Ok(false) => {}
@@ -517,16 +521,23 @@ impl Reader {
 
     /// One batch of partition `i` from its position: from the partition's shared tail when it holds it, else from
     /// the log. A tail read (at or past the end of the shared tail) is made by one follower at a time, so
-    /// followers woken by the same append read the log once between them; a stream catching up reads alone.
+    /// followers woken by the same append read the log once between them, and a follower at the known end of
+    /// the log that was not woken since reads nothing at all; a stream catching up reads the log alone.
     async fn read(&mut self, i: usize) -> Result<Vec<Arc<SharedRecord>>, StoreError> {
         let tail = Arc::clone(&self.tails[i]);
-        if let Some(records) = tail.get(self.positions[i], READ_BATCH.max_records) {
+        let position = self.positions[i];
+        if let Some(records) = tail.get(position, READ_BATCH.max_records) {
+            self.woken[i] = false;
             self.progress.read.fetch_add(records.len() as u64, Ordering::Relaxed);
             return Ok(records);
         }
-        let _filling = if tail.reaches(self.positions[i]) {
+        let _filling = if tail.reaches(position) {
+            if !self.woken[i] && position >= tail.known_end() {
+                return Ok(Vec::new());
+            }
             let guard = tail.fill.lock().await;
-            if let Some(records) = tail.get(self.positions[i], READ_BATCH.max_records) {
+            if let Some(records) = tail.get(position, READ_BATCH.max_records) {
+                self.woken[i] = false;
                 self.progress.read.fetch_add(records.len() as u64, Ordering::Relaxed);
                 return Ok(records);
             }
@@ -553,6 +564,8 @@ impl Reader {
         if result.latest.saturating_sub(result.next_offset) <= TAIL_WINDOW {
             tail.insert(&records);
         }
+        tail.saw_end(result.latest);
+        self.woken[i] = false;
         self.progress.read.fetch_add(records.len() as u64, Ordering::Relaxed);
         Ok(records)
     }
@@ -703,6 +716,7 @@ mod tests {
                 partitions: (0..partitions).collect(),
                 positions: vec![0; partitions as usize],
                 tails: (0..partitions).map(|p| self.state.tails.follow("t", 0, p)).collect(),
+                woken: vec![true; partitions as usize],
                 selector: Selector::default(),
                 format: Format::Native,
                 tx,
@@ -811,6 +825,37 @@ mod tests {
         assert_eq!(order[3 * batch], 0);
         drop(rx);
         task.await.expect("reader ends");
+    }
+
+    #[tokio::test]
+    async fn followers_of_a_partition_read_each_append_from_the_log_once_between_them() {
+        let h = Harness::new(1).await;
+        let followers = 50;
+        let mut receivers = Vec::new();
+        let mut tasks = Vec::new();
+        for _ in 0..followers {
+            let (reader, rx, _) = h.reader(1);
+            let permit = Arc::clone(&h.state.streams).try_acquire_owned().expect("permit");
+            tasks.push(tokio::spawn(reader.run(permit)));
+            receivers.push(rx);
+        }
+        h.store.waiters.subscribe().wait_for(|n| *n == followers).await.expect("all followers wait");
+        let before = h.store.reads.load(Ordering::SeqCst);
+        for n in 0..20 {
+            h.publish(0, n, 1).await;
+            for rx in &mut receivers {
+                let (id, _, data) = fields(&rx.recv().await.expect("event"));
+                assert_eq!((id, &data["n"]), (format!("0-{}", n + 1), &serde_json::json!(n)));
+            }
+            h.store.waiters.subscribe().wait_for(|w| *w == followers).await.expect("all wait again");
+        }
+        let reads = h.store.reads.load(Ordering::SeqCst) - before;
+        assert!(reads <= 20 * 2, "{followers} followers made {reads} log reads for 20 appends");
+        drop(receivers);
+        for task in tasks {
+            task.await.expect("reader ends");
+        }
+        assert_eq!(h.state.tails.cached_bytes(), 0, "nobody follows: the tail is gone");
     }
 
     #[tokio::test]

@@ -136,10 +136,9 @@ pub(crate) async fn create(
         }
         auth.authorize(Some(who), Action::Read { topic: &request.topic })?;
     }
-    let topic = request.topic.clone();
+    // The dispatcher logs the creation (owner, topic, host); the URL itself may embed a secret.
     let created = control.create(owner.name(), request).await?;
     let view = &created.subscription;
-    tracing::info!(subscription = %view.id, owner = %view.owner, %topic, "webhook subscription created");
     if let Some(auth) = &state.auth {
         audit(auth, owner.name(), "subscription.create", &view.id).await;
     }

@@ -11,7 +11,7 @@
 //! it. Records never change once written, so a cached one is always right.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 use bytes::Bytes;
@@ -70,6 +70,7 @@ impl Tails {
         let tail = Arc::new(Tail {
             ring: Mutex::new(Ring::default()),
             fill: tokio::sync::Mutex::new(()),
+            known_end: AtomicU64::new(0),
             bytes: Arc::clone(&self.bytes),
         });
         tails.insert(key, Arc::downgrade(&tail));
@@ -88,6 +89,9 @@ pub(crate) struct Tail {
     ring: Mutex<Ring>,
     /// Held while reading the log for this tail, so followers woken by one append read it once between them.
     pub(crate) fill: tokio::sync::Mutex<()>,
+    /// The largest log end any read of this partition reported: followers at or past it that have not been woken
+    /// since know there is nothing to read, without asking the log.
+    known_end: AtomicU64,
     bytes: Arc<AtomicUsize>,
 }
 
@@ -118,6 +122,16 @@ impl Tail {
         }
         let skip = usize::try_from(offset - ring.first).ok()?;
         Some(ring.records.iter().skip(skip).take(max).cloned().collect())
+    }
+
+    /// Records that a read found the log ending at `end`.
+    pub(crate) fn saw_end(&self, end: u64) {
+        self.known_end.fetch_max(end, Ordering::Relaxed);
+    }
+
+    /// The largest log end seen (see [`Tail::saw_end`]).
+    pub(crate) fn known_end(&self) -> u64 {
+        self.known_end.load(Ordering::Relaxed)
     }
 
     /// Whether `offset` is at or past the end of what the tail holds: a read there is a tail read.

@@ -39,6 +39,8 @@ pub(crate) struct FakeStore {
     pub(crate) waiters: watch::Sender<usize>,
     now_ms: AtomicI64,
     pub(crate) appends: AtomicUsize,
+    /// How many `read` calls were made.
+    pub(crate) reads: AtomicUsize,
 }
 
 impl FakeStore {
@@ -49,6 +51,7 @@ impl FakeStore {
             waiters: watch::Sender::new(0),
             now_ms: AtomicI64::new(1_795_773_600_000),
             appends: AtomicUsize::new(0),
+            reads: AtomicUsize::new(0),
         }
     }
 
@@ -166,6 +169,7 @@ impl LogStore for FakeStore {
         offset: u64,
         limits: ReadLimits,
     ) -> Result<ReadResult, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
         self.with_partition(topic, partition, |p| {
             let (earliest, latest) = (p.earliest, p.latest());
             if offset < earliest || offset > latest {

@@ -158,7 +158,8 @@ fn concrete_request(method: &Method, path: &str, column: usize) -> (String, Opti
     let role = if path.starts_with("/v1/consumers") { "c" } else { "p" };
     let name =
         if *method == Method::DELETE { format!("victim-{role}-{column}") } else { format!("target-{role}") };
-    let uri = path.replace("{topic}", "t").replace("{name}", &name).replace("{group}", &format!("g-{column}"));
+    let uri =
+        path.replace("{topic}", "t").replace("{name}", &name).replace("{group}", &format!("g-{column}"));
     let body = match (method.as_str(), path) {
         ("POST", "/v1/topics") => Some(json!({ "name": format!("new-topic-{column}") })),
         ("PATCH", "/v1/topics/{topic}") => Some(json!({ "retention": "30d" })),

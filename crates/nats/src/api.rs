@@ -5,10 +5,12 @@
 //! backend must branch on ("wrong last sequence", "no message found", ...), and it has no atomic batch
 //! publish or batched direct get at all. Requests here go through the plain client with explicit timeouts.
 
+use std::future::Future;
 use std::time::Duration;
 
 use async_nats::header::HeaderMap;
-use async_nats::jetstream::stream::{Config as StreamConfig, Info as StreamInfo, RawMessage, StreamMessage};
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::{Config as StreamConfig, Info as StreamInfo, RawMessage};
 use async_nats::{Client, RequestErrorKind};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -18,13 +20,20 @@ use serde::{Deserialize, Serialize};
 /// JetStream error codes the backend branches on (`err_code` in API responses).
 pub(crate) mod code {
     pub const CLUSTER_NOT_AVAILABLE: u64 = 10008;
+    pub const CLUSTER_NOT_LEADER: u64 = 10009;
     pub const NO_MESSAGE_FOUND: u64 = 10037;
     pub const STREAM_NAME_IN_USE: u64 = 10058;
     pub const STREAM_NOT_FOUND: u64 = 10059;
     pub const WRONG_LAST_SEQUENCE: u64 = 10071;
+    pub const STREAM_STORE_FAILED: u64 = 10077;
+    pub const STREAM_OFFLINE: u64 = 10118;
+    pub const BATCH_MISSING_SEQUENCE: u64 = 10175;
+    pub const BATCH_INCOMPLETE: u64 = 10176;
+    pub const BATCH_TOO_LARGE: u64 = 10199;
+    pub const BATCH_TOO_MANY_INFLIGHT: u64 = 10210;
 }
 
-/// Every `atomic_flow`-th message of an atomic batch is sent as a request, so a long batch cannot run far
+/// Every `BATCH_FLOW_EVERY`-th message of an atomic batch is sent as a request, so a long batch cannot run far
 /// ahead of the server's staging (and a failure is noticed before the whole batch is sent).
 const BATCH_FLOW_EVERY: usize = 256;
 
@@ -54,7 +63,21 @@ impl JsError {
     pub(crate) fn is_transient(&self) -> bool {
         match self {
             JsError::Unavailable(_) => true,
-            JsError::Api { status, err_code, .. } => *status == 503 || *err_code == code::CLUSTER_NOT_AVAILABLE,
+            // A batch the server saw only part of (a connection broke mid-batch) stored nothing, and a full
+            // in-flight table drains by itself: both are safe to send again.
+            JsError::Api { status, err_code, .. } => {
+                *status == 503
+                    || matches!(
+                        *err_code,
+                        code::CLUSTER_NOT_AVAILABLE
+                            | code::CLUSTER_NOT_LEADER
+                            | code::STREAM_STORE_FAILED
+                            | code::STREAM_OFFLINE
+                            | code::BATCH_MISSING_SEQUENCE
+                            | code::BATCH_INCOMPLETE
+                            | code::BATCH_TOO_MANY_INFLIGHT
+                    )
+            }
             JsError::Refused(_) | JsError::Protocol(_) => false,
         }
     }
@@ -136,6 +159,19 @@ struct InfoRequest<'a> {
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+#[derive(Deserialize)]
+struct SubjectsInfo {
+    #[serde(default)]
+    total: usize,
+    state: SubjectsState,
+}
+
+#[derive(Deserialize)]
+struct SubjectsState {
+    #[serde(default)]
+    subjects: Option<std::collections::HashMap<String, u64>>,
 }
 
 #[derive(Serialize)]
@@ -246,10 +282,11 @@ impl Js {
         let mut subjects = Vec::new();
         loop {
             let request = InfoRequest { subjects_filter: Some(filter), offset: subjects.len() };
-            let info: StreamInfo = self.api(&format!("STREAM.INFO.{name}"), &request).await?;
+            let info: SubjectsInfo = self.api(&format!("STREAM.INFO.{name}"), &request).await?;
             let page: Vec<String> = info.state.subjects.map(|m| m.into_keys().collect()).unwrap_or_default();
-            let total = info.state.subjects_count as usize;
             let got = page.len();
+            // Large subject lists come in pages; `total` is set only then.
+            let total = if info.total > 0 { info.total } else { got };
             subjects.extend(page);
             if got == 0 || subjects.len() >= total {
                 return Ok(subjects);
@@ -355,26 +392,28 @@ impl Js {
         Self::parse(&reply)
     }
 
-    /// Publishes `msgs` as one atomic batch (ADR-50, nats-server 2.12+): the stream stores all of them,
-    /// consecutively, or none. `first_headers` go on the first message only (the server accepts
-    /// `Nats-Expected-Last-Sequence` there and nowhere else). A one-message "batch" is a plain publish.
-    pub(crate) async fn publish_atomic(&self, subject: &str, mut msgs: Vec<OutMsg>) -> Result<PubAck, JsError> {
+    /// Publishes `msgs` as one atomic batch (ADR-50, nats-server 2.12+) on one subject: the stream stores
+    /// all of them, consecutively, or none. The server accepts `Nats-Expected-Last-Sequence` on the first
+    /// message only. A one-message "batch" is a plain publish.
+    pub(crate) async fn publish_atomic(&self, subject: &str, msgs: Vec<OutMsg>) -> Result<PubAck, JsError> {
+        self.publish_atomic_multi(msgs.into_iter().map(|m| (subject.to_owned(), m)).collect()).await
+    }
+
+    /// [`Js::publish_atomic`] with a subject per message (all of one stream).
+    pub(crate) async fn publish_atomic_multi(&self, mut msgs: Vec<(String, OutMsg)>) -> Result<PubAck, JsError> {
         let n = msgs.len();
-        if n == 0 {
-            return Err(JsError::Refused("empty batch".into()));
-        }
         if n == 1 {
-            let msg = msgs.pop().ok_or_else(|| JsError::Refused("empty batch".into()))?;
-            return self.publish(subject, msg).await;
+            let (subject, msg) = msgs.pop().ok_or_else(|| JsError::Refused("empty batch".into()))?;
+            return self.publish(&subject, msg).await;
         }
         let batch_id = random_id(22);
-        for (i, mut msg) in msgs.into_iter().enumerate() {
+        for (i, (subject, mut msg)) in msgs.into_iter().enumerate() {
             let sequence = i + 1;
             msg.headers.insert("Nats-Batch-Id", batch_id.as_str());
             msg.headers.insert("Nats-Batch-Sequence", sequence.to_string().as_str());
             if sequence == n {
                 msg.headers.insert("Nats-Batch-Commit", "1");
-                let ack: PubAck = self.publish(subject, msg).await?;
+                let ack: PubAck = self.publish(&subject, msg).await?;
                 if ack.count.is_some_and(|c| c != n as u64) {
                     return Err(JsError::Protocol(format!(
                         "batch of {n} messages committed with count {:?}",
@@ -386,13 +425,13 @@ impl Js {
             if sequence % BATCH_FLOW_EVERY == 0 {
                 // Flow control: the server answers staged batch messages that carry a reply subject with an
                 // empty message, or with an error if the batch already failed.
-                let reply = self.request_raw(subject.to_owned(), Some(msg.headers), msg.payload).await?;
+                let reply = self.request_raw(subject, Some(msg.headers), msg.payload).await?;
                 if !reply.is_empty() {
                     Self::parse::<serde_json::Value>(&reply)?;
                 }
             } else {
                 self.client
-                    .publish_with_headers(subject.to_owned(), msg.headers, msg.payload)
+                    .publish_with_headers(subject, msg.headers, msg.payload)
                     .await
                     .map_err(|e| JsError::Unavailable(e.to_string()))?;
             }
@@ -400,6 +439,77 @@ impl Js {
         Err(JsError::Refused("empty batch".into()))
     }
 }
+
+/// Runs an idempotent JetStream operation, retrying transient failures (leader elections, a restarting
+/// node) with exponential backoff until `timeout` has passed.
+pub(crate) async fn retry<T, F, Fut>(timeout: Duration, what: &str, mut op: F) -> Result<T, JsError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, JsError>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match op().await {
+            Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < deadline => {
+                tracing::debug!(error = %e, operation = what, "transient JetStream failure; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Messages `from_seq..` of a stream without gaps (at most `max_msgs`, about `max_bytes` but at least one),
+/// given that the leader holds messages up to `last_seq`. Reads go to any replica first (cheap, one
+/// request); only what such a read cannot prove (a lagging follower answered with nothing, or skipped ahead
+/// because its retention already removed `from_seq`) is read from the leader, one message at a time.
+pub(crate) async fn read_range(
+    js: &Js,
+    stream: &str,
+    from_seq: u64,
+    last_seq: u64,
+    max_msgs: usize,
+    max_bytes: usize,
+) -> Result<Vec<StoredMsg>, JsError> {
+    if from_seq == 0 || from_seq > last_seq || max_msgs == 0 {
+        return Ok(Vec::new());
+    }
+    let want = usize::try_from(last_seq - from_seq + 1).unwrap_or(usize::MAX).min(max_msgs);
+    let direct = match js.direct_get_batch(stream, from_seq, want, max_bytes).await {
+        Ok(msgs) => msgs,
+        Err(e) if e.is_transient() => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let prefix: Vec<StoredMsg> = direct
+        .into_iter()
+        .enumerate()
+        .take_while(|(i, m)| m.seq == from_seq + *i as u64)
+        .map(|(_, m)| m)
+        .collect();
+    if !prefix.is_empty() {
+        return Ok(prefix);
+    }
+    let mut out: Vec<StoredMsg> = Vec::new();
+    let mut bytes = 0usize;
+    for seq in from_seq..from_seq + want.min(LEADER_READ_MAX) as u64 {
+        if !out.is_empty() && bytes >= max_bytes {
+            break;
+        }
+        match js.msg_get(stream, seq).await? {
+            Some(m) => {
+                bytes += m.payload.len() + 64;
+                out.push(m);
+            }
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Most messages one read takes from the stream leader when no replica could answer in one go.
+const LEADER_READ_MAX: usize = 16;
 
 /// A random identifier of `len` alphanumeric characters (batch ids, append ids, topic incarnations).
 pub(crate) fn random_id(len: usize) -> String {

@@ -1,1 +1,83 @@
-//! placeholder
+//! NATS JetStream storage backend of the ESGF Event Service: the event log ([`JetStreamStore`], a
+//! [`LogStore`](esgf_events_engine::LogStore)) and the state store ([`JetStreamMeta`], a
+//! [`MetaStore`](esgf_events_meta::MetaStore)) on a replicated JetStream cluster, so several service nodes
+//! can share one set of topics. Needs nats-server 2.12 or newer (atomic batch publish); developed against
+//! 2.15.
+//!
+//! # Mapping
+//!
+//! - Each topic partition is one stream, `ESGF_<topic, '.'→'_'>_<incarnation>_P<n>`, file storage,
+//!   [`NatsConfig::replicas`] copies (default 3), listening on one subject `esgf.log.<stream>`. The
+//!   incarnation is random per creation of the topic, so a deleted and re-created topic never sees the old
+//!   streams (and `a.b` / `a_b` never collide).
+//! - The topic catalogue (partitions, retention, creation time, incarnation) is the KV bucket
+//!   [`TOPICS_BUCKET`]; a topic exists exactly when its entry does. Creation makes the streams first and
+//!   writes the entry last, conditionally, so one of two concurrent creators wins and a half-created topic
+//!   is never visible; deletion removes the entry first, then the streams.
+//! - A record is one message: value = payload, byte for byte; timestamp, key and headers in `Esgf-*`
+//!   message headers (see `codec.rs` for the exact encoding).
+//! - Retention is the streams' `max_age` / `max_bytes`, enforced by JetStream continuously;
+//!   [`LogStore::enforce_retention`](esgf_events_engine::LogStore::enforce_retention) only repairs limits a
+//!   failed `set_retention` left half-applied and sweeps streams of deleted topics.
+//!
+//! # Offsets are dense and stable
+//!
+//! offset = stream sequence − 1, earliest = first sequence − 1 (or latest when empty), latest = last
+//! sequence. This is dense and never reused because nothing can remove a message from the middle of a
+//! partition stream and nothing can store one twice:
+//! - JetStream assigns sequences consecutively to what it stores; a rejected publish consumes none.
+//! - Limits (`max_age`, `max_bytes`, with `discard: old`) remove messages from the front only. Message
+//!   delete, purge and rollup are disabled on the stream (`deny_delete`, `deny_purge`, no `allow_rollup`),
+//!   there are no per-subject limits and no per-message TTLs. (Checked by `retention_removes_from_the_front_only`.)
+//! - Every append names the sequence it expects to follow (`Nats-Expected-Last-Sequence` on its first
+//!   message). Within a process, appends to a partition are serialised by one lock; across service nodes,
+//!   JetStream's check serialises them: of two nodes appending after the same tail, one is refused with
+//!   "wrong last sequence", re-reads the tail and tries again. An append whose acknowledgement is lost (the
+//!   connection broke, the leader moved) is retried with the same expectation, so it cannot land twice; before
+//!   retrying, the backend checks whether the message after the old tail carries its own `Esgf-Append` id,
+//!   i.e. whether the lost attempt was stored after all, and then reports those offsets.
+//!
+//! # Batch appends are atomic
+//!
+//! An append of several records is one JetStream atomic batch (ADR-50, `allow_atomic` streams,
+//! `Nats-Batch-Id`/`-Sequence`/`-Commit` headers, nats-server ≥ 2.12): the leader stages the messages and
+//! stores all of them, consecutively, or none, and acknowledges the commit with the batch's last sequence.
+//! This keeps one record per message (dense per-record offsets, NATS-native readers see plain events) —
+//! the alternative, one message holding a whole batch, would give offsets per batch. async-nats 0.51 has no
+//! batch API, so `api.rs` speaks the protocol; the server's `jetstream.limits.batch.max_msgs` (default
+//! 1 000) must be at least [`NatsConfig::max_batch_records`] (default 10 000, the HTTP API's batch limit);
+//! the shipped configuration sets 10 000.
+//!
+//! # Durability
+//!
+//! An append is acknowledged only after JetStream acknowledged it (the `PubAck` of the message or of the
+//! batch commit). For a replicated stream JetStream acknowledges once the stream's Raft group has committed
+//! the entry, i.e. once a majority of the replicas (2 of 3) has it in its log. With `sync_interval: always`
+//! (`deploy/nats/node*.conf`) every server fsyncs each write before it counts, so an acknowledged record is
+//! on stable storage on at least two nodes: it survives the loss of any one node, and a simultaneous crash
+//! of all of them. With the default `sync_interval` (2 minutes) it would only be in two nodes' memory/page
+//! cache. The fault test `acked_appends_survive_kill_9_of_a_node` kills nodes with SIGKILL while appending
+//! and checks every acknowledged record is present once, in order, with dense offsets. While two of three
+//! nodes are down nothing can be acknowledged: appends fail after [`NatsConfig::operation_timeout`].
+//!
+//! # Reads
+//!
+//! Partition state (earliest/latest) comes from the stream leader. Records are fetched with a batched direct
+//! get, which any replica answers; a follower may lag the leader by a few milliseconds, so a read that such
+//! a replica cannot serve is completed from the leader, and a read never misses an acknowledged record.
+//! Record timestamps come from producers and need not increase, so the server's own message time is no index
+//! for them: each message carries the running maximum of record timestamps, and
+//! `offset_for_timestamp` binary-searches it. `wait_for` wakes at once for appends through this process and
+//! polls the leader (backing off to [`NatsConfig::wait_poll_max`]) for appends through other nodes.
+
+mod api;
+mod codec;
+mod config;
+mod kv;
+mod log;
+mod meta;
+
+pub use async_nats::Client as NatsClient;
+pub use config::{ConnectError, NatsAuth, NatsConfig, connect};
+pub use log::{JetStreamStore, TOPICS_BUCKET};
+pub use meta::{JetStreamMeta, META_BUCKET};

@@ -93,9 +93,17 @@ pub struct FollowArgs {
     /// Stop once every partition reached the end it had when the command started.
     #[arg(long)]
     pub exit_when_caught_up: bool,
+    /// Follow only up to the offsets another index reflects (a snapshot of another replica), then stop: the
+    /// two then export identical bytes if they agree.
+    #[arg(long, value_name = "SNAP", conflicts_with = "exit_when_caught_up")]
+    pub until_offsets_of: Option<PathBuf>,
     /// Stop at the first event that cannot be applied (after reporting it) instead of skipping it.
     #[arg(long)]
     pub stop_on_error: bool,
+    /// File holding the token error reports are published to `<topic>.errors` with [default: the reading
+    /// token]. A consumer token may not publish: give a producer token granted `<topic>.errors`.
+    #[arg(long, value_name = "FILE")]
+    pub errors_token_file: Option<PathBuf>,
     /// Events per read.
     #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub fetch_size: u32,
@@ -195,7 +203,26 @@ async fn run_follow(args: FollowArgs) -> Result<(), ReplicaError> {
     };
     let token = resolve_token(&args)?;
     let ca_cert = args.ca_cert.as_deref().map(read_ca_file).transpose()?;
-    let source = Source::new(&args.server, SourceOptions { token, ca_cert })?;
+    let source = Source::new(&args.server, SourceOptions { token, ca_cert: ca_cert.clone() })?;
+    let report_source = match &args.errors_token_file {
+        Some(path) => {
+            let token = Some(checked_token(read_token_file(path)?)?);
+            Some(Source::new(&args.server, SourceOptions { token, ca_cert })?)
+        }
+        None => None,
+    };
+    let stop_at = match &args.until_offsets_of {
+        Some(other) => {
+            let other = Index::open_read_only(other)?;
+            if let Some(indexed) = other.topic().filter(|indexed| *indexed != topic) {
+                return Err(
+                    IndexError::TopicMismatch { indexed: indexed.to_owned(), requested: topic }.into()
+                );
+            }
+            Some(other.offsets()?)
+        }
+        None => None,
+    };
 
     if let Some(snapshot) = &args.from_snapshot {
         match bootstrap(snapshot, &index_path, &topic)? {
@@ -211,6 +238,8 @@ async fn run_follow(args: FollowArgs) -> Result<(), ReplicaError> {
     let options = FollowOptions {
         policy: if args.stop_on_error { ErrorPolicy::Stop } else { ErrorPolicy::Continue },
         exit_when_caught_up: args.exit_when_caught_up,
+        stop_at,
+        report_source,
         fetch_size: args.fetch_size,
         wait: Duration::from_secs(args.wait),
         ..FollowOptions::new(topic)
@@ -301,12 +330,17 @@ fn resolve_token(args: &FollowArgs) -> Result<Option<String>, ReplicaError> {
     } else {
         None
     };
-    match token {
-        Some(token) if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) => Err(
-            ReplicaError::Usage("the token is empty or holds spaces, control or non-ASCII characters".into()),
-        ),
-        token => Ok(token),
+    token.map(checked_token).transpose()
+}
+
+/// `token` if it can travel in an HTTP header; the error never quotes it.
+fn checked_token(token: String) -> Result<String, ReplicaError> {
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ReplicaError::Usage(
+            "a token is empty or holds spaces, control or non-ASCII characters".into(),
+        ));
     }
+    Ok(token)
 }
 
 fn read_token_file(path: &Path) -> Result<String, ReplicaError> {

@@ -40,6 +40,12 @@ pub struct FollowOptions {
     pub policy: ErrorPolicy,
     /// Stop once every partition reached the end it had at the start (for scripts and tests).
     pub exit_when_caught_up: bool,
+    /// Stop once every partition reached exactly these offsets (another replica's, to compare with it);
+    /// partitions not named are not read. Takes precedence over `exit_when_caught_up`.
+    pub stop_at: Option<BTreeMap<u32, u64>>,
+    /// Publishes error reports (`None`: the source events are read from). A consumer token may read but not
+    /// publish, so reports may need another principal's token.
+    pub report_source: Option<Source>,
     /// Events per read, 1..=1000.
     pub fetch_size: u32,
     /// How long one long-poll waits on the server.
@@ -56,6 +62,8 @@ impl FollowOptions {
             topic: topic.into(),
             policy: ErrorPolicy::Continue,
             exit_when_caught_up: false,
+            stop_at: None,
+            report_source: None,
             fetch_size: 1000,
             wait: Duration::from_secs(20),
             max_in_flight: 32,
@@ -106,6 +114,11 @@ pub enum FollowError {
     UnknownPartition { partition: u32, partitions: u32 },
     #[error("partition {partition} returned offset {found} when {expected} was asked for")]
     UnexpectedOffset { partition: u32, expected: u64, found: u64 },
+    #[error(
+        "partition {partition}: the index is already at offset {stored}, past the target {target}; compare the \
+         other way round (bring the other index to this one's offsets)"
+    )]
+    PastTarget { partition: u32, stored: u64, target: u64 },
     #[error("an internal task failed: {0}")]
     Task(String),
 }
@@ -117,7 +130,7 @@ enum Fetched {
 }
 
 /// Follows `options.topic` into `index` until `shutdown` completes, a refusal or storage failure ends it, or
-/// (with `exit_when_caught_up`) every partition reached the end it had at the start.
+/// every partition reached its target (`stop_at`, or with `exit_when_caught_up` the end it had at the start).
 pub async fn follow(
     mut index: Index,
     source: Source,
@@ -125,17 +138,23 @@ pub async fn follow(
     shutdown: impl Future<Output = ()>,
 ) -> Result<FollowSummary, FollowError> {
     let topic = options.topic.clone();
-    index.bind_topic(&topic)?;
-    let mut reporter = Reporter::new(&topic);
+    if let Some(indexed) = index.topic().filter(|indexed| *indexed != topic) {
+        return Err(IndexError::TopicMismatch { indexed: indexed.to_owned(), requested: topic }.into());
+    }
+    let report_source = options.report_source.clone().unwrap_or_else(|| source.clone());
+    let mut reporter = Reporter::new(&topic, report_source);
     let mut shutdown = std::pin::pin!(shutdown);
 
     let info = tokio::select! {
         info = describe_with_retry(&source, &options) => info?,
-        () = &mut shutdown => return finish(index, &source, &mut reporter, FollowSummary::default()).await,
+        () = &mut shutdown => return finish(index, &mut reporter, FollowSummary::default()).await,
     };
+    // Bound only once the topic is known to exist, so a mistyped name does not claim a new index.
+    index.bind_topic(&topic)?;
     let stored = index.offsets()?;
     let starts = start_offsets(&info, &stored)?;
     let ends: BTreeMap<u32, u64> = (0..info.partitions).map(|p| (p, info.range(p).latest)).collect();
+    let targets = targets(&options, &info, &starts, &ends)?;
     tracing::info!(
         topic = %topic,
         partitions = info.partitions,
@@ -145,13 +164,13 @@ pub async fn follow(
     );
 
     // Reports a previous run queued but could not deliver.
-    reporter.flush(&index, &source).await?;
+    reporter.flush(&index).await?;
 
     let (tx, mut rx) = mpsc::channel(QUEUED_PAGES);
     let permits = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
     let mut fetchers = JoinSet::new();
     for (&partition, &start) in &starts {
-        let stop_at = options.exit_when_caught_up.then(|| ends[&partition]);
+        let stop_at = targets.as_ref().map(|targets| targets.get(&partition).copied().unwrap_or(start));
         let fetcher = Fetcher {
             source: source.clone(),
             options: options.clone(),
@@ -167,7 +186,7 @@ pub async fn follow(
     drop(tx);
 
     let mut summary = FollowSummary::default();
-    let mut progress = Progress::new(&ends, &starts);
+    let mut progress = Progress::new(targets.as_ref().unwrap_or(&ends), &starts);
     let mut index = Some(index);
     loop {
         let fetched = tokio::select! {
@@ -207,7 +226,7 @@ pub async fn follow(
             "page committed"
         );
         if outcome.rejected > 0 {
-            reporter.flush(&current, &source).await?;
+            reporter.flush(&current).await?;
         }
         if let Some(stopped) = outcome.stopped {
             return Err(FollowError::Stopped {
@@ -222,17 +241,16 @@ pub async fn follow(
     }
     fetchers.abort_all();
     let Some(index) = index else { return Err(FollowError::Task("the index was lost".into())) };
-    finish(index, &source, &mut reporter, summary).await
+    finish(index, &mut reporter, summary).await
 }
 
 /// Delivers what reports it can, and says where the index stands.
 async fn finish(
     index: Index,
-    source: &Source,
     reporter: &mut Reporter,
     mut summary: FollowSummary,
 ) -> Result<FollowSummary, FollowError> {
-    reporter.flush(&index, source).await?;
+    reporter.flush(&index).await?;
     summary.offsets = index.offsets()?;
     tracing::info!(
         topic = index.topic().unwrap_or_default(),
@@ -269,6 +287,28 @@ fn start_offsets(info: &TopicInfo, stored: &BTreeMap<u32, u64>) -> Result<BTreeM
     Ok(starts)
 }
 
+/// Where each partition stops, if the run is to end by itself: `stop_at` (which must not be behind the index),
+/// else with `exit_when_caught_up` the ends the topic had at the start.
+fn targets(
+    options: &FollowOptions,
+    info: &TopicInfo,
+    starts: &BTreeMap<u32, u64>,
+    ends: &BTreeMap<u32, u64>,
+) -> Result<Option<BTreeMap<u32, u64>>, FollowError> {
+    let Some(stop_at) = &options.stop_at else {
+        return Ok(options.exit_when_caught_up.then(|| ends.clone()));
+    };
+    for (&partition, &target) in stop_at {
+        let Some(&start) = starts.get(&partition) else {
+            return Err(FollowError::UnknownPartition { partition, partitions: info.partitions });
+        };
+        if start > target {
+            return Err(FollowError::PastTarget { partition, stored: start, target });
+        }
+    }
+    Ok(Some(stop_at.clone()))
+}
+
 async fn describe_with_retry(source: &Source, options: &FollowOptions) -> Result<TopicInfo, FollowError> {
     let mut backoff = Backoff::new(options);
     loop {
@@ -302,7 +342,8 @@ impl Backoff {
         Backoff {
             pause: Duration::from_millis(100),
             failing_since: None,
-            give_up_after: options.exit_when_caught_up.then_some(options.give_up_after),
+            give_up_after: (options.exit_when_caught_up || options.stop_at.is_some())
+                .then_some(options.give_up_after),
         }
     }
 
@@ -350,16 +391,21 @@ impl Fetcher {
             if self.stop_at.is_some_and(|end| self.offset >= end) {
                 return Ok(());
             }
-            // Catching up to a known end needs no waiting: the events are there.
-            let wait = if self.stop_at.is_some() { None } else { Some(self.options.wait) };
+            // Never read past the target: the page is cut there, and a smaller page asked for.
+            let limit = match self.stop_at {
+                Some(end) => {
+                    self.options.fetch_size.min(u32::try_from(end - self.offset).unwrap_or(u32::MAX))
+                }
+                None => self.options.fetch_size,
+            };
             let started = Instant::now();
             let result = {
                 let Ok(_permit) = self.permits.acquire().await else { return Ok(()) };
-                self.source
-                    .read(&self.options.topic, self.partition, self.offset, self.options.fetch_size, wait)
-                    .await
+                // A long-poll answers at once when there are events, so it costs a catch-up nothing.
+                let wait = Some(self.options.wait);
+                self.source.read(&self.options.topic, self.partition, self.offset, limit, wait).await
             };
-            let page = match result {
+            let mut page = match result {
                 Ok(page) => {
                     backoff.reset();
                     page
@@ -386,15 +432,11 @@ impl Fetcher {
                     });
                 }
             };
+            if let Some(end) = self.stop_at {
+                page.events.retain(|event| event.offset < end);
+                page.next_offset = page.next_offset.min(end);
+            }
             let Some(first) = page.events.first() else {
-                if let Some(end) = self.stop_at {
-                    // The topic held these offsets when we started; an empty answer now means they are gone.
-                    return Err(FollowError::UnexpectedOffset {
-                        partition: self.partition,
-                        expected: self.offset,
-                        found: page.next_offset.min(end),
-                    });
-                }
                 if started.elapsed() < MIN_POLL_INTERVAL {
                     tokio::time::sleep(MIN_POLL_INTERVAL - started.elapsed()).await;
                 }
@@ -456,18 +498,19 @@ impl Progress {
 /// Publishes queued error reports to `<topic>.errors`, once per report at least.
 struct Reporter {
     errors_topic: String,
+    source: Source,
     /// Cleared when the errors topic does not exist or the token may not publish there: reports are then only
     /// logged (they were, when the event was rejected).
     enabled: bool,
 }
 
 impl Reporter {
-    fn new(topic: &str) -> Reporter {
-        Reporter { errors_topic: format!("{topic}.errors"), enabled: true }
+    fn new(topic: &str, source: Source) -> Reporter {
+        Reporter { errors_topic: format!("{topic}.errors"), source, enabled: true }
     }
 
     /// Publishes pending reports, oldest first; a transient failure leaves the rest for the next flush.
-    async fn flush(&mut self, index: &Index, source: &Source) -> Result<(), FollowError> {
+    async fn flush(&mut self, index: &Index) -> Result<(), FollowError> {
         loop {
             let pending = index.pending_reports(REPORTS_PER_FLUSH)?;
             if pending.is_empty() {
@@ -478,7 +521,7 @@ impl Reporter {
                     index.remove_report(report.seq)?;
                     continue;
                 }
-                match source.publish(&self.errors_topic, &report.report).await {
+                match self.source.publish(&self.errors_topic, &report.report).await {
                     Ok(()) => index.remove_report(report.seq)?,
                     Err(error) if error.is_transient() => {
                         tracing::warn!(errors_topic = %self.errors_topic, error = %error, "cannot deliver error reports yet; will retry");
@@ -559,6 +602,29 @@ mod tests {
         assert!(matches!(
             start_offsets(&info, &BTreeMap::from([(0, 10), (3, 1)])),
             Err(FollowError::UnknownPartition { partition: 3, partitions: 1 })
+        ));
+    }
+
+    #[test]
+    fn targets_come_from_stop_at_else_the_ends_and_must_not_be_behind_the_index() {
+        let info = topic(&[(0, 10), (0, 10)]);
+        let starts = BTreeMap::from([(0, 4), (1, 6)]);
+        let ends = BTreeMap::from([(0, 10), (1, 10)]);
+        let mut options = FollowOptions::new("t");
+        assert_eq!(targets(&options, &info, &starts, &ends).unwrap(), None, "a follower never ends");
+        options.exit_when_caught_up = true;
+        assert_eq!(targets(&options, &info, &starts, &ends).unwrap(), Some(ends.clone()));
+        options.stop_at = Some(BTreeMap::from([(0, 8)]));
+        assert_eq!(targets(&options, &info, &starts, &ends).unwrap(), Some(BTreeMap::from([(0, 8)])));
+        options.stop_at = Some(BTreeMap::from([(1, 5)]));
+        assert!(matches!(
+            targets(&options, &info, &starts, &ends),
+            Err(FollowError::PastTarget { partition: 1, stored: 6, target: 5 })
+        ));
+        options.stop_at = Some(BTreeMap::from([(2, 5)]));
+        assert!(matches!(
+            targets(&options, &info, &starts, &ends),
+            Err(FollowError::UnknownPartition { .. })
         ));
     }
 

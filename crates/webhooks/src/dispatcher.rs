@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -143,10 +143,29 @@ impl Shared {
     }
 }
 
+/// One subscription. Control operations on it take `worker` (an async lock, held while a task stops, which can
+/// take up to the delivery timeout); reads only take the short `record` lock, so they are never held up.
 struct Entry {
-    record: StoredRecord,
+    record: Mutex<StoredRecord>,
     shared: Arc<Shared>,
-    worker: Option<Worker>,
+    worker: tokio::sync::Mutex<Option<Worker>>,
+    /// Set by a delete, under `worker`: an operation that found the entry before it went sees it.
+    deleted: AtomicBool,
+}
+
+impl Entry {
+    fn new(record: StoredRecord, shared: Arc<Shared>, worker: Option<Worker>) -> Arc<Entry> {
+        Arc::new(Entry {
+            record: Mutex::new(record),
+            shared,
+            worker: tokio::sync::Mutex::new(worker),
+            deleted: AtomicBool::new(false),
+        })
+    }
+
+    fn record(&self) -> MutexGuard<'_, StoredRecord> {
+        self.record.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 struct Worker {
@@ -166,7 +185,9 @@ impl Drop for Worker {
 pub struct Dispatcher {
     ctx: Arc<Ctx>,
     policy: UrlPolicy,
-    subs: tokio::sync::Mutex<HashMap<String, Entry>>,
+    subs: RwLock<HashMap<String, Arc<Entry>>>,
+    /// Serialises creations, so two at once cannot both pass the per-owner limit.
+    creating: tokio::sync::Mutex<()>,
     closing: AtomicBool,
 }
 
@@ -207,11 +228,12 @@ impl Dispatcher {
         let dispatcher = Dispatcher {
             ctx,
             policy,
-            subs: tokio::sync::Mutex::new(HashMap::new()),
+            subs: RwLock::new(HashMap::new()),
+            creating: tokio::sync::Mutex::new(()),
             closing: AtomicBool::new(false),
         };
 
-        let mut subs = dispatcher.subs.lock().await;
+        let mut entries = HashMap::new();
         let (mut active, mut paused) = (0usize, 0usize);
         for loaded in loaded {
             let mut cursors: Vec<u64> = loaded.cursors.iter().map(|c| c.unwrap_or(0)).collect();
@@ -226,16 +248,16 @@ impl Dispatcher {
             if let Err(refused) = &shared.url {
                 warn!(subscription = %loaded.record.id, error = %refused, "webhook URL is refused by the current rules; its delivery waits");
             }
-            let mut entry = Entry { record: loaded.record, shared, worker: None };
-            if entry.record.paused {
+            let worker = if loaded.record.paused {
                 paused += 1;
+                None
             } else {
-                entry.worker = Some(dispatcher.spawn(&entry.shared));
                 active += 1;
-            }
-            subs.insert(entry.record.id.clone(), entry);
+                Some(dispatcher.spawn(&shared))
+            };
+            entries.insert(loaded.record.id.clone(), Entry::new(loaded.record, shared, worker));
         }
-        drop(subs);
+        *dispatcher.subs_mut() = entries;
         info!(active, paused, "webhook dispatcher started");
         Ok(dispatcher)
     }
@@ -243,11 +265,17 @@ impl Dispatcher {
     /// Stops every task (each commits its cursors first); afterwards every control operation is refused.
     pub async fn shutdown(&self) {
         self.closing.store(true, Ordering::SeqCst);
-        let mut subs = self.subs.lock().await;
-        let workers: Vec<(String, Worker)> =
-            subs.iter_mut().filter_map(|(id, e)| e.worker.take().map(|w| (id.clone(), w))).collect();
-        for (_, worker) in &workers {
-            worker.stop.send_replace(true);
+        // A creation in progress finishes (or sees `closing`) first, so no task is started after this point.
+        let _creating = self.creating.lock().await;
+        let entries: Vec<(String, Arc<Entry>)> =
+            self.subs().iter().map(|(id, e)| (id.clone(), Arc::clone(e))).collect();
+        let mut workers = Vec::with_capacity(entries.len());
+        for (id, entry) in entries {
+            if let Some(worker) = entry.worker.lock().await.take() {
+                // Every task is told at once; they finish their attempts in flight side by side.
+                worker.stop.send_replace(true);
+                workers.push((id, worker));
+            }
         }
         for (id, worker) in workers {
             stop_worker(&id, worker, self.ctx.config.timeout).await;
@@ -293,6 +321,33 @@ impl Dispatcher {
             since: None,
         };
         Worker { stop, task: tokio::spawn(run.run()) }
+    }
+
+    fn subs(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Entry>>> {
+        // Map inserts and removes cannot be left half-done by a panic.
+        self.subs.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn subs_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Entry>>> {
+        self.subs.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn entry(&self, id: &str) -> Result<Arc<Entry>, WebhookError> {
+        self.subs().get(id).cloned().ok_or_else(|| WebhookError::NotFound(id.to_owned()))
+    }
+
+    /// The entry's control lock, once no delete has removed it meanwhile and the dispatcher is still open.
+    async fn control<'a>(
+        &self,
+        id: &str,
+        entry: &'a Entry,
+    ) -> Result<tokio::sync::MutexGuard<'a, Option<Worker>>, WebhookError> {
+        let worker = entry.worker.lock().await;
+        if entry.deleted.load(Ordering::SeqCst) {
+            return Err(WebhookError::NotFound(id.to_owned()));
+        }
+        self.check_open()?;
+        Ok(worker)
     }
 
     fn check_open(&self) -> Result<(), WebhookError> {
@@ -353,10 +408,10 @@ impl Dispatcher {
     }
 
     /// A snapshot of one entry, so views are built without holding the lock.
-    async fn snapshot(&self, id: &str) -> Result<(StoredRecord, Arc<Shared>), WebhookError> {
-        let subs = self.subs.lock().await;
-        let entry = subs.get(id).ok_or_else(|| WebhookError::NotFound(id.to_owned()))?;
-        Ok((entry.record.clone(), Arc::clone(&entry.shared)))
+    fn snapshot(&self, id: &str) -> Result<(StoredRecord, Arc<Shared>), WebhookError> {
+        let entry = self.entry(id)?;
+        let record = entry.record().clone();
+        Ok((record, Arc::clone(&entry.shared)))
     }
 
     async fn starting_cursors(&self, topic: &str, from: StartFrom) -> Result<Vec<u64>, WebhookError> {
@@ -438,10 +493,10 @@ impl SubscriptionControl for Dispatcher {
             secret: secret.expose().to_owned(),
         };
 
-        let mut subs = self.subs.lock().await;
+        let _creating = self.creating.lock().await;
         self.check_open()?;
         let max = self.ctx.config.max_subscriptions_per_owner;
-        if subs.values().filter(|e| e.record.owner == owner).count() >= max {
+        if self.subs().values().filter(|e| e.record().owner == owner).count() >= max {
             return Err(WebhookError::Limit { owner: owner.to_owned(), max });
         }
         let shared = self.shared(&record, cursors.clone(), 0, 1)?;
@@ -452,20 +507,18 @@ impl SubscriptionControl for Dispatcher {
             host = shared.url.as_ref().ok().and_then(|u| u.host_str()).unwrap_or(""),
             from = %record.from, "webhook subscription created"
         );
-        let entry = Entry { record: record.clone(), shared: Arc::clone(&shared), worker: Some(worker) };
-        subs.insert(record.id.clone(), entry);
-        drop(subs);
+        let entry = Entry::new(record.clone(), Arc::clone(&shared), Some(worker));
+        self.subs_mut().insert(record.id.clone(), entry);
         Ok(Created { subscription: self.view(&record, &shared).await, secret })
     }
 
     async fn list(&self, owner: Option<&str>) -> Result<Vec<SubscriptionView>, WebhookError> {
-        let mut snapshots: Vec<(StoredRecord, Arc<Shared>)> = {
-            let subs = self.subs.lock().await;
-            subs.values()
-                .filter(|e| owner.is_none_or(|o| e.record.owner == o))
-                .map(|e| (e.record.clone(), Arc::clone(&e.shared)))
-                .collect()
-        };
+        let mut snapshots: Vec<(StoredRecord, Arc<Shared>)> = self
+            .subs()
+            .values()
+            .map(|e| (e.record().clone(), Arc::clone(&e.shared)))
+            .filter(|(record, _)| owner.is_none_or(|o| record.owner == o))
+            .collect();
         snapshots.sort_by(|(a, _), (b, _)| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
         let mut views = Vec::with_capacity(snapshots.len());
         for (record, shared) in &snapshots {
@@ -475,64 +528,63 @@ impl SubscriptionControl for Dispatcher {
     }
 
     async fn get(&self, id: &str) -> Result<SubscriptionView, WebhookError> {
-        let (record, shared) = self.snapshot(id).await?;
+        let (record, shared) = self.snapshot(id)?;
         Ok(self.view(&record, &shared).await)
     }
 
     async fn pause(&self, id: &str) -> Result<SubscriptionView, WebhookError> {
-        self.check_open()?;
-        let mut subs = self.subs.lock().await;
-        let entry = subs.get_mut(id).ok_or_else(|| WebhookError::NotFound(id.to_owned()))?;
-        if !entry.record.paused {
-            let mut record = entry.record.clone();
+        let entry = self.entry(id)?;
+        let mut worker = self.control(id, &entry).await?;
+        let paused = entry.record().paused;
+        if !paused {
+            let mut record = entry.record().clone();
             record.paused = true;
             self.ctx.persist.save(&record).await?;
-            entry.record = record;
-            if let Some(worker) = entry.worker.take() {
-                stop_worker(id, worker, self.ctx.config.timeout).await;
+            *entry.record() = record;
+            if let Some(running) = worker.take() {
+                stop_worker(id, running, self.ctx.config.timeout).await;
             }
             entry.shared.status().failing = false;
             info!(subscription = %id, "webhook subscription paused");
         }
-        let (record, shared) = (entry.record.clone(), Arc::clone(&entry.shared));
-        drop(subs);
-        Ok(self.view(&record, &shared).await)
+        drop(worker);
+        let record = entry.record().clone();
+        Ok(self.view(&record, &entry.shared).await)
     }
 
     async fn resume(&self, id: &str) -> Result<SubscriptionView, WebhookError> {
-        self.check_open()?;
-        let mut subs = self.subs.lock().await;
-        let entry = subs.get_mut(id).ok_or_else(|| WebhookError::NotFound(id.to_owned()))?;
-        if entry.record.paused {
-            let mut record = entry.record.clone();
+        let entry = self.entry(id)?;
+        let mut worker = self.control(id, &entry).await?;
+        let paused = entry.record().paused;
+        if paused {
+            let mut record = entry.record().clone();
             record.paused = false;
             self.ctx.persist.save(&record).await?;
-            entry.record = record;
-            let shared = Arc::clone(&entry.shared);
-            entry.worker = Some(self.spawn(&shared));
+            *entry.record() = record;
+            *worker = Some(self.spawn(&entry.shared));
             info!(subscription = %id, "webhook subscription resumed");
         }
-        let (record, shared) = (entry.record.clone(), Arc::clone(&entry.shared));
-        drop(subs);
-        Ok(self.view(&record, &shared).await)
+        drop(worker);
+        let record = entry.record().clone();
+        Ok(self.view(&record, &entry.shared).await)
     }
 
     async fn delete(&self, id: &str) -> Result<(), WebhookError> {
-        self.check_open()?;
-        let mut subs = self.subs.lock().await;
-        let entry = subs.get_mut(id).ok_or_else(|| WebhookError::NotFound(id.to_owned()))?;
+        let entry = self.entry(id)?;
+        let mut worker = self.control(id, &entry).await?;
         // The task goes first: its last cursor commit must not land after the delete.
-        if let Some(worker) = entry.worker.take() {
-            stop_worker(id, worker, self.ctx.config.timeout).await;
+        if let Some(running) = worker.take() {
+            stop_worker(id, running, self.ctx.config.timeout).await;
         }
         if let Err(e) = self.ctx.persist.delete(id).await {
-            if !entry.record.paused {
-                let shared = Arc::clone(&entry.shared);
-                entry.worker = Some(self.spawn(&shared));
+            let paused = entry.record().paused;
+            if !paused {
+                *worker = Some(self.spawn(&entry.shared));
             }
             return Err(e);
         }
-        subs.remove(id);
+        entry.deleted.store(true, Ordering::SeqCst);
+        self.subs_mut().remove(id);
         info!(subscription = %id, "webhook subscription deleted");
         Ok(())
     }
@@ -543,13 +595,13 @@ impl SubscriptionControl for Dispatcher {
         after: u64,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, WebhookError> {
-        self.snapshot(id).await?;
+        self.snapshot(id)?;
         self.ctx.persist.dead_letters(id, after, limit).await
     }
 
     async fn redrive(&self, id: &str) -> Result<usize, WebhookError> {
         self.check_open()?;
-        let (record, shared) = self.snapshot(id).await?;
+        let (record, shared) = self.snapshot(id)?;
         if record.paused {
             return Err(WebhookError::Paused(id.to_owned()));
         }
@@ -646,7 +698,8 @@ impl Run {
     async fn deliver_loop(&mut self) {
         if let Err(refused) = &self.shared.url {
             self.note_error(None, 0, refused.to_string());
-            self.park(None).await;
+            // Nothing to do until the subscription is paused, deleted or the service stops.
+            while !self.park(None).await {}
             return;
         }
         loop {
@@ -691,7 +744,7 @@ impl Run {
             }
             match self.deliver_available().await {
                 Flow::Stop => return,
-                Flow::Progress => {}
+                Flow::Progress => self.commit_if_due().await,
                 Flow::Idle => {
                     self.commit().await;
                     self.shared.status().failing = false;
@@ -745,10 +798,7 @@ impl Run {
                     return Flow::Stop;
                 }
                 progressed = true;
-                if self.pending >= COMMIT_EVERY || self.since.is_some_and(|t| t.elapsed() >= COMMIT_INTERVAL)
-                {
-                    self.commit().await;
-                }
+                self.commit_if_due().await;
                 let interrupt = {
                     let status = self.shared.status();
                     status.redrive || status.dead_letters >= self.ctx.config.max_dead_letters
@@ -775,6 +825,12 @@ impl Run {
         self.since.get_or_insert_with(Instant::now);
         if let Some(cursor) = self.shared.status().cursors.get_mut(partition) {
             *cursor = to;
+        }
+    }
+
+    async fn commit_if_due(&mut self) {
+        if self.pending >= COMMIT_EVERY || self.since.is_some_and(|t| t.elapsed() >= COMMIT_INTERVAL) {
+            self.commit().await;
         }
     }
 

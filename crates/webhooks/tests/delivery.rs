@@ -627,3 +627,53 @@ async fn starting_points_are_beginning_latest_or_a_time() {
     dispatcher.shutdown().await;
     fx.close().await;
 }
+
+/// Answers as its flag says.
+struct Toggle(std::sync::atomic::AtomicBool);
+
+impl esgf_events_webhooks::AccessCheck for Toggle {
+    fn may_read(&self, principal: &str, topic: &str) -> bool {
+        assert_eq!((principal, topic), ("alice", "t"));
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn deliveries_stop_while_the_owner_may_not_read_the_topic() {
+    let fx = Fixture::new(1).await;
+    let (receiver, url) = Receiver::start(|_| Reply::Ok).await;
+    let access = Arc::new(Toggle(std::sync::atomic::AtomicBool::new(false)));
+    let dispatcher =
+        Dispatcher::start_with_access(Arc::clone(&fx.store), Arc::clone(&fx.meta), quick(), access)
+            .await
+            .expect("dispatcher");
+    let view = create(&dispatcher, &receiver, subscription(&url, "beginning")).await;
+    fx.publish(0, 0..3).await;
+    let view = wait_view(&dispatcher, &view.id, "the grant problem", |v| v.last_error.is_some()).await;
+    assert_eq!(view.state, State::Failing);
+    assert!(view.last_error.expect("error").message.contains("may no longer read"));
+    assert_eq!((view.lag, receiver.log().len()), (3, 0), "nothing is delivered without the grant");
+    dispatcher.shutdown().await;
+    fx.close().await;
+}
+
+#[tokio::test]
+async fn a_host_name_resolving_to_a_denied_network_is_not_called() {
+    let fx = Fixture::new(1).await;
+    let (receiver, url) = Receiver::start(|_| Reply::Ok).await;
+    let config =
+        WebhookConfig { deny: vec!["127.0.0.0/8".to_owned(), "::1".to_owned()], max_attempts: 1, ..quick() };
+    let dispatcher = fx.dispatcher(config).await;
+    // The IP literal is refused at once; the name passes the URL check but not the resolver.
+    let err = dispatcher.create("alice", subscription(&url, "beginning")).await.expect_err("denied");
+    assert!(matches!(err, WebhookError::UrlRefused(ref r) if r.rule == "deny 127.0.0.0/8"), "{err:?}");
+    let by_name = url.replace("127.0.0.1", "localhost");
+    let view = create(&dispatcher, &receiver, subscription(&by_name, "beginning")).await;
+    fx.publish(0, 0..1).await;
+    let view = wait_view(&dispatcher, &view.id, "a dead letter", |v| v.dead_letters == 1).await;
+    let letters = dispatcher.dead_letters(&view.id, 0, 10).await.expect("dead letters");
+    assert!(letters[0].last_error.contains("deny list"), "{letters:?}");
+    assert!(receiver.log().is_empty(), "the receiver was never called");
+    dispatcher.shutdown().await;
+    fx.close().await;
+}

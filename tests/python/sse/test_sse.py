@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 from pathlib import Path
 
 import httpx
@@ -93,7 +94,23 @@ def test_the_cursor_resumes_across_a_server_restart(server: EsgfServer):
     server.publish("sse.restart", [event(n) for n in range(100)])
     first = read_events(server, "sse.restart", 40)
 
-    server.restart()  # a new process on the same data directory, on a new port
+    # A stream still open at shutdown ends cleanly and does not hold the server up.
+    ended = threading.Event()
+    opened = threading.Event()
+
+    def follow() -> None:
+        with httpx.Client(base_url=server.url, headers=server.headers, timeout=30.0) as client:
+            with connect_sse(client, "GET", "/v1/topics/sse.restart/stream") as source:
+                opened.set()
+                for _ in source.iter_sse():
+                    pass
+        ended.set()
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    assert opened.wait(30)
+    server.restart()  # SIGTERM, then a new process on the same data directory, on a new port
+    assert ended.wait(30), "the open stream ended with the server"
     server.publish("sse.restart", [event(n) for n in range(100, 150)])
     rest = read_events(server, "sse.restart", 110, last_event_id=first[-1].id)
     assert sorted(numbers(first) + numbers(rest)) == list(range(150))

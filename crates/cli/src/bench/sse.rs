@@ -365,7 +365,7 @@ pub(super) fn render_sse(out: &mut String, report: &SseReport) {
             let _ = writeln!(
                 out,
                 "  {} idle streams: RSS {:.1} -> {:.1} MB, {:.1} KB per stream (server and raw-socket clients in one \
-                 process)",
+                 process; memory freed earlier in the run and reused may hide part of it)",
                 idle.streams,
                 idle.rss_before_kb as f64 / 1024.0,
                 idle.rss_after_kb as f64 / 1024.0,

@@ -251,3 +251,33 @@ fn node_config(name: &str, client_port: u16, cluster_port: u16, store: &Path, ro
         routes = routes.join(", "),
     )
 }
+
+/// Backend settings for tests: every node of `cluster`, three replicas, the shipped batch limits.
+pub fn store_config(cluster: &NatsCluster) -> esgf_events_nats::NatsConfig {
+    esgf_events_nats::NatsConfig {
+        servers: cluster.urls(),
+        connection_name: "esgf-events-test".into(),
+        ..esgf_events_nats::NatsConfig::default()
+    }
+}
+
+/// A connection to the nodes of `cluster` listed in `nodes` (all of them when empty).
+pub async fn connect(cluster: &NatsCluster, nodes: &[usize]) -> async_nats::Client {
+    let mut config = store_config(cluster);
+    if !nodes.is_empty() {
+        config.servers = nodes.iter().map(|&i| cluster.url(i)).collect();
+    }
+    esgf_events_nats::connect(&config).await.expect("connect to the test cluster")
+}
+
+/// A log store on `cluster`, connected through the nodes in `nodes` (all when empty).
+pub async fn open_store(cluster: &NatsCluster, nodes: &[usize]) -> esgf_events_nats::JetStreamStore {
+    let client = connect(cluster, nodes).await;
+    esgf_events_nats::JetStreamStore::open(
+        client,
+        store_config(cluster),
+        std::sync::Arc::new(esgf_events_engine::SystemClock),
+    )
+    .await
+    .expect("open JetStreamStore")
+}
