@@ -287,8 +287,9 @@ fn start_offsets(info: &TopicInfo, stored: &BTreeMap<u32, u64>) -> Result<BTreeM
     Ok(starts)
 }
 
-/// Where each partition stops, if the run is to end by itself: `stop_at` (which must not be behind the index),
-/// else with `exit_when_caught_up` the ends the topic had at the start.
+/// Where each partition stops, if the run is to end by itself: `stop_at` (which must not be behind the index;
+/// a partition it does not name was never read there, so its target is the oldest retained event), else with
+/// `exit_when_caught_up` the ends the topic had at the start.
 fn targets(
     options: &FollowOptions,
     info: &TopicInfo,
@@ -298,15 +299,18 @@ fn targets(
     let Some(stop_at) = &options.stop_at else {
         return Ok(options.exit_when_caught_up.then(|| ends.clone()));
     };
-    for (&partition, &target) in stop_at {
-        let Some(&start) = starts.get(&partition) else {
-            return Err(FollowError::UnknownPartition { partition, partitions: info.partitions });
-        };
+    if let Some((&partition, _)) = stop_at.iter().find(|(p, _)| **p >= info.partitions) {
+        return Err(FollowError::UnknownPartition { partition, partitions: info.partitions });
+    }
+    let mut targets = BTreeMap::new();
+    for (&partition, &start) in starts {
+        let target = stop_at.get(&partition).copied().unwrap_or(info.range(partition).earliest);
         if start > target {
             return Err(FollowError::PastTarget { partition, stored: start, target });
         }
+        targets.insert(partition, target);
     }
-    Ok(Some(stop_at.clone()))
+    Ok(Some(targets))
 }
 
 async fn describe_with_retry(source: &Source, options: &FollowOptions) -> Result<TopicInfo, FollowError> {
@@ -614,8 +618,16 @@ mod tests {
         assert_eq!(targets(&options, &info, &starts, &ends).unwrap(), None, "a follower never ends");
         options.exit_when_caught_up = true;
         assert_eq!(targets(&options, &info, &starts, &ends).unwrap(), Some(ends.clone()));
+        options.stop_at = Some(BTreeMap::from([(0, 8), (1, 6)]));
+        assert_eq!(targets(&options, &info, &starts, &ends).unwrap(), Some(BTreeMap::from([(0, 8), (1, 6)])));
         options.stop_at = Some(BTreeMap::from([(0, 8)]));
-        assert_eq!(targets(&options, &info, &starts, &ends).unwrap(), Some(BTreeMap::from([(0, 8)])));
+        assert!(
+            matches!(
+                targets(&options, &info, &starts, &ends),
+                Err(FollowError::PastTarget { partition: 1, .. })
+            ),
+            "the other index never read partition 1, which this one did"
+        );
         options.stop_at = Some(BTreeMap::from([(1, 5)]));
         assert!(matches!(
             targets(&options, &info, &starts, &ends),

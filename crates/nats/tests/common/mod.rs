@@ -33,6 +33,19 @@ impl Node {
     }
 }
 
+enum Startup {
+    NodeExited(String),
+    TimedOut(String),
+}
+
+/// Whether our child `pid` still runs (an exited, unreaped child is a zombie: state `Z` in /proc).
+fn is_running(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
 pub struct NatsCluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
@@ -81,6 +94,22 @@ fn free_port() -> u16 {
 impl NatsCluster {
     /// Starts three JetStream nodes forming one cluster and waits until replicated streams can be created.
     pub async fn start() -> NatsCluster {
+        // Free ports are picked, released, then bound by the servers; another process (or another test's
+        // route connection) can take one in between. A node that exits at start-up is that case: try again
+        // with new ports.
+        let mut last = String::new();
+        for _ in 0..3 {
+            let cluster = Self::spawn_all();
+            match cluster.wait_cluster_ready().await {
+                Ok(()) => return cluster,
+                Err(Startup::NodeExited(detail)) => last = detail,
+                Err(Startup::TimedOut(detail)) => panic!("{detail}"),
+            }
+        }
+        panic!("NATS cluster failed to start three times; last attempt: {last}");
+    }
+
+    fn spawn_all() -> NatsCluster {
         let bin = nats_server_bin();
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
@@ -105,7 +134,6 @@ impl NatsCluster {
         for i in 0..3 {
             cluster.spawn(i);
         }
-        cluster.wait_cluster_ready().await;
         cluster
     }
 
@@ -179,17 +207,27 @@ impl NatsCluster {
 
     /// Ready means a meta leader is elected and all three peers take part: a throwaway R3 stream can be
     /// created (which fails with "insufficient resources" while a peer is missing) and deleted again.
-    async fn wait_cluster_ready(&self) {
+    async fn wait_cluster_ready(&self) -> Result<(), Startup> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last_error = String::new();
         while Instant::now() < deadline {
+            if let Some(exited) = self.exited_node() {
+                return Err(Startup::NodeExited(format!("{exited} exited at start-up\n{}", self.logs())));
+            }
             match self.try_replicated_stream().await {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(e) => last_error = e,
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("NATS cluster not ready in {READY_TIMEOUT:?}: {last_error}\n{}", self.logs());
+        Err(Startup::TimedOut(format!("NATS cluster not ready in {READY_TIMEOUT:?}: {last_error}\n{}", self.logs())))
+    }
+
+    fn exited_node(&self) -> Option<String> {
+        self.nodes.iter().find_map(|n| {
+            let child = n.child.as_ref()?;
+            (!is_running(child.id())).then(|| n.name.clone())
+        })
     }
 
     async fn try_replicated_stream(&self) -> Result<(), String> {
