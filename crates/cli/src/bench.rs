@@ -1140,7 +1140,11 @@ async fn measure_engine_replay(log: &Arc<dyn LogStore>, baseline: &Baseline) -> 
 /// and a retraction (JSON Patch), committed into an on-disk index (WAL, `synchronous=FULL`) in pages of 1000
 /// with their offsets, as `esgf-events replicate` commits them. Events are parsed beforehand (the follower
 /// parses while it fetches), so this is the index's own rate.
-async fn measure_replica_apply(dir: &Path, pool: &Arc<EventPool>, baseline: &Baseline) -> anyhow::Result<Row> {
+async fn measure_replica_apply(
+    dir: &Path,
+    pool: &Arc<EventPool>,
+    baseline: &Baseline,
+) -> anyhow::Result<Row> {
     use esgf_events_replica::{ErrorPolicy, Index, PageEvent};
     const PAGE: usize = 1000;
     let path = dir.join("replica-bench.db");

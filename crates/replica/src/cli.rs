@@ -143,6 +143,7 @@ pub enum IndexCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct ExportArgs {
+    /// The index file (or a snapshot).
     #[arg(long, value_name = "FILE")]
     pub index: PathBuf,
     /// Write to FILE instead of stdout.
@@ -152,6 +153,7 @@ pub struct ExportArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct QueryArgs {
+    /// The index file (or a snapshot).
     #[arg(long, value_name = "FILE")]
     pub index: PathBuf,
     /// Only the item with this id.
@@ -167,6 +169,7 @@ pub struct QueryArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct InfoArgs {
+    /// The index file (or a snapshot).
     #[arg(long, value_name = "FILE")]
     pub index: PathBuf,
 }

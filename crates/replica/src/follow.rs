@@ -173,6 +173,8 @@ pub async fn follow(
         let stop_at = targets.as_ref().map(|targets| targets.get(&partition).copied().unwrap_or(start));
         let fetcher = Fetcher {
             source: source.clone(),
+            wait: options.wait,
+            fetch_size: options.fetch_size,
             options: options.clone(),
             partition,
             offset: start,
@@ -187,7 +189,6 @@ pub async fn follow(
 
     let mut summary = FollowSummary::default();
     let mut progress = Progress::new(targets.as_ref().unwrap_or(&ends), &starts);
-    let mut index = Some(index);
     loop {
         let fetched = tokio::select! {
             biased;
@@ -202,16 +203,15 @@ pub async fn follow(
             Fetched::Page { partition, events } => (partition, events),
             Fetched::Failed(error) => return Err(error),
         };
-        let Some(current) = index.take() else { return Err(FollowError::Task("the index was lost".into())) };
         let policy = options.policy;
         // SQLite blocks (fsync per commit): keep it off the async thread, so reads go on meanwhile.
-        let (current, result) = tokio::task::spawn_blocking(move || {
-            let mut current = current;
-            let result = current.apply_page(partition, &events, policy);
-            (current, result)
+        let (returned, result) = tokio::task::spawn_blocking(move || {
+            let result = index.apply_page(partition, &events, policy);
+            (index, result)
         })
         .await
         .map_err(|e| FollowError::Task(e.to_string()))?;
+        index = returned;
         let outcome = result?;
         summary.pages += 1;
         summary.applied += outcome.applied as u64;
@@ -226,7 +226,7 @@ pub async fn follow(
             "page committed"
         );
         if outcome.rejected > 0 {
-            reporter.flush(&current).await?;
+            reporter.flush(&index).await?;
         }
         if let Some(stopped) = outcome.stopped {
             return Err(FollowError::Stopped {
@@ -237,10 +237,8 @@ pub async fn follow(
             });
         }
         progress.committed(&topic, partition, outcome.next_offset, &summary);
-        index = Some(current);
     }
     fetchers.abort_all();
-    let Some(index) = index else { return Err(FollowError::Task("the index was lost".into())) };
     finish(index, &mut reporter, summary).await
 }
 
@@ -375,6 +373,9 @@ impl Backoff {
 struct Fetcher {
     source: Source,
     options: FollowOptions,
+    /// The long-poll wait and page size in force: lowered if the server allows less than asked for.
+    wait: Duration,
+    fetch_size: u32,
     partition: u32,
     offset: u64,
     stop_at: Option<u64>,
@@ -397,22 +398,31 @@ impl Fetcher {
             }
             // Never read past the target: the page is cut there, and a smaller page asked for.
             let limit = match self.stop_at {
-                Some(end) => {
-                    self.options.fetch_size.min(u32::try_from(end - self.offset).unwrap_or(u32::MAX))
-                }
-                None => self.options.fetch_size,
+                Some(end) => self.fetch_size.min(u32::try_from(end - self.offset).unwrap_or(u32::MAX)),
+                None => self.fetch_size,
             };
             let started = Instant::now();
             let result = {
                 let Ok(_permit) = self.permits.acquire().await else { return Ok(()) };
                 // A long-poll answers at once when there are events, so it costs a catch-up nothing.
-                let wait = Some(self.options.wait);
+                let wait = Some(self.wait);
                 self.source.read(&self.options.topic, self.partition, self.offset, limit, wait).await
             };
             let mut page = match result {
                 Ok(page) => {
                     backoff.reset();
                     page
+                }
+                Err(error) if self.shrink(error.refused_parameters()) => {
+                    tracing::warn!(
+                        topic = %self.options.topic,
+                        partition = self.partition,
+                        wait = ?self.wait,
+                        fetch_size = self.fetch_size,
+                        error = %error,
+                        "the server allows less; asking for less"
+                    );
+                    continue;
                 }
                 Err(error) if error.is_transient() && !backoff.exhausted() => {
                     let pause = backoff.next(&error);
@@ -459,6 +469,22 @@ impl Fetcher {
                 return Ok(());
             }
         }
+    }
+}
+
+impl Fetcher {
+    /// Halves the refused `wait` or page size; false if neither can go lower (the refusal is then final).
+    fn shrink(&mut self, refused: &[String]) -> bool {
+        let mut shrunk = false;
+        if refused.iter().any(|p| p == "wait") && !self.wait.is_zero() {
+            self.wait = if self.wait > Duration::from_millis(100) { self.wait / 2 } else { Duration::ZERO };
+            shrunk = true;
+        }
+        if refused.iter().any(|p| p == "limit") && self.fetch_size > 1 {
+            self.fetch_size /= 2;
+            shrunk = true;
+        }
+        shrunk
     }
 }
 
@@ -628,7 +654,7 @@ mod tests {
             ),
             "the other index never read partition 1, which this one did"
         );
-        options.stop_at = Some(BTreeMap::from([(1, 5)]));
+        options.stop_at = Some(BTreeMap::from([(0, 8), (1, 5)]));
         assert!(matches!(
             targets(&options, &info, &starts, &ends),
             Err(FollowError::PastTarget { partition: 1, stored: 6, target: 5 })
@@ -638,6 +664,30 @@ mod tests {
             targets(&options, &info, &starts, &ends),
             Err(FollowError::UnknownPartition { .. })
         ));
+    }
+
+    #[test]
+    fn a_server_allowing_less_wait_or_fewer_events_is_asked_for_less() {
+        let options = FollowOptions::new("t");
+        let (tx, _rx) = mpsc::channel(1);
+        let mut fetcher = Fetcher {
+            source: Source::new("http://127.0.0.1:1", crate::SourceOptions::default()).unwrap(),
+            wait: Duration::from_secs(20),
+            fetch_size: 1000,
+            options,
+            partition: 0,
+            offset: 0,
+            stop_at: None,
+            permits: Arc::new(Semaphore::new(1)),
+            tx,
+        };
+        assert!(fetcher.shrink(&["wait".into()]));
+        assert_eq!((fetcher.wait, fetcher.fetch_size), (Duration::from_secs(10), 1000));
+        assert!(fetcher.shrink(&["limit".into(), "wait".into()]));
+        assert_eq!((fetcher.wait, fetcher.fetch_size), (Duration::from_secs(5), 500));
+        while fetcher.shrink(&["wait".into()]) {}
+        assert_eq!(fetcher.wait, Duration::ZERO, "down to no wait at all, then the refusal is final");
+        assert!(!fetcher.shrink(&["offset".into()]));
     }
 
     #[test]
@@ -666,9 +716,9 @@ mod tests {
             url: "u".into(),
             status: reqwest::StatusCode::from_u16(status).unwrap(),
             kind: kind.map(str::to_owned),
-            title: "t".into(),
-            detail: None,
+            message: "m".into(),
             retry_after: None,
+            parameters: Vec::new(),
         };
         assert!(is_unusable_topic(&refused(404, Some("topic-not-found"))));
         assert!(is_unusable_topic(&refused(403, None)));

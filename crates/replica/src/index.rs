@@ -226,19 +226,11 @@ impl Index {
     fn open_with(path: &Path, flags: OpenFlags, create: bool) -> Result<Index, IndexError> {
         let conn = Connection::open_with_flags(path, flags)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        // WAL: readers (export, snapshot) never block the follower. FULL: a commit is on disk when it returns,
-        // so an applied page and its offset survive a power cut, not just a crash.
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(IndexError::NotAnIndex {
-                path: path.to_owned(),
-                reason: format!("SQLite refused WAL mode (journal mode is {mode})"),
-            });
-        }
+        // FULL: a commit is on disk when it returns, so an applied page and its offset survive a power cut,
+        // not just a crash.
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
         let mut index = Index { conn, topic: None };
-        let fresh = index.table_count()? == 0;
-        if fresh && create {
+        if create && index.table_count()? == 0 {
             let tx = index.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute_batch(SCHEMA)?;
             tx.execute(
@@ -247,7 +239,16 @@ impl Index {
             )?;
             tx.commit()?;
         }
+        // Before anything is changed: a database of something else is left exactly as it was.
         index.check_format(path)?;
+        // WAL: readers (export, snapshot) never block the follower, nor it them.
+        let mode: String = index.conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(IndexError::NotAnIndex {
+                path: path.to_owned(),
+                reason: format!("SQLite refused WAL mode (journal mode is {mode})"),
+            });
+        }
         index.topic = index.meta("topic")?;
         Ok(index)
     }
@@ -596,20 +597,20 @@ pub fn bootstrap(snapshot: &Path, index: &Path, topic: &str) -> Result<Bootstrap
     }
     drop(source);
 
+    let tmp = sibling(index, ".bootstrap");
     if index.exists() {
         // Compared before anything opens the index for writing (which would change its header).
-        if same_bytes(index, snapshot)? {
+        let resumed = same_bytes(index, snapshot)?
+            || Index::open_read_only(index)?.meta("bootstrapped_from")?.as_deref()
+                == Some(snapshot_id.as_str());
+        if resumed {
+            // Left over if the last bootstrap was interrupted between publishing the index and cleaning up.
+            remove_if_present(&tmp)?;
             return Ok(Bootstrapped::Resumed { snapshot_id });
         }
-        let existing = Index::open_read_only(index)?;
-        if existing.meta("bootstrapped_from")?.as_deref() == Some(snapshot_id.as_str()) {
-            return Ok(Bootstrapped::Resumed { snapshot_id });
-        }
-        drop(existing);
         return Err(IndexError::BootstrapConflict { index: index.to_owned(), snapshot: snapshot.to_owned() });
     }
 
-    let tmp = sibling(index, ".bootstrap");
     remove_if_present(&tmp)?;
     std::fs::copy(snapshot, &tmp).map_err(io_error(&tmp))?;
     {

@@ -34,15 +34,17 @@ pub enum SourceError {
         source: reqwest::Error,
     },
     /// The server refused with a problem document (or a body that is not one).
-    #[error("{url}: HTTP {status}: {title}{}", detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    #[error("{url}: HTTP {status}: {message}")]
     Refused {
         url: String,
         status: StatusCode,
         /// The `<kind>` of `urn:esgf-events:problem:<kind>`, when the body was a problem document.
         kind: Option<String>,
-        title: String,
-        detail: Option<String>,
+        /// The problem's "title: detail", or the start of a body that is not a problem document.
+        message: String,
         retry_after: Option<Duration>,
+        /// The query parameters an `invalid-query` refusal names (a server allowing a lower `wait`/`limit`).
+        parameters: Vec<String>,
     },
     #[error("{url}: the response is not as documented: {reason}")]
     BadResponse { url: String, reason: String },
@@ -72,6 +74,16 @@ impl SourceError {
         match self {
             SourceError::Refused { retry_after, .. } => *retry_after,
             _ => None,
+        }
+    }
+
+    /// The query parameters the server refused as out of its range.
+    pub fn refused_parameters(&self) -> &[String] {
+        match self {
+            SourceError::Refused { kind: Some(kind), parameters, .. } if kind == "invalid-query" => {
+                parameters
+            }
+            _ => &[],
         }
     }
 
@@ -140,6 +152,8 @@ struct WireProblem {
     title: Option<String>,
     #[serde(default)]
     detail: Option<String>,
+    #[serde(default)]
+    parameters: Vec<String>,
 }
 
 /// Credentials and trust for [`Source::new`].
@@ -266,11 +280,19 @@ impl Source {
                 .and_then(|p| p.problem_type.as_deref())
                 .and_then(|t| t.strip_prefix("urn:esgf-events:problem:"))
                 .map(str::to_owned),
-            title: problem
-                .as_ref()
-                .and_then(|p| p.title.clone())
-                .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned()),
-            detail: problem.map_or_else(|| Some(snippet()).filter(|s| !s.is_empty()), |p| p.detail),
+            parameters: problem.as_ref().map(|p| p.parameters.clone()).unwrap_or_default(),
+            message: match problem {
+                Some(problem) => {
+                    let title = problem
+                        .title
+                        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+                    match problem.detail {
+                        Some(detail) => format!("{title}: {detail}"),
+                        None => title,
+                    }
+                }
+                None => snippet(),
+            },
             retry_after,
         })
     }
@@ -299,7 +321,7 @@ impl Source {
         ];
         let mut timeout = REQUEST_TIMEOUT;
         if let Some(wait) = wait {
-            query.push(("wait", wait.as_secs().to_string()));
+            query.push(("wait", wait.as_secs_f64().to_string()));
             timeout += wait;
         }
         let url = self.url(&["v1", "topics", topic, "events"], &query);
@@ -372,9 +394,9 @@ mod tests {
             url: "u".into(),
             status,
             kind: None,
-            title: "t".into(),
-            detail: None,
+            message: "m".into(),
             retry_after: None,
+            parameters: Vec::new(),
         };
         assert!(refused(StatusCode::SERVICE_UNAVAILABLE).is_transient());
         assert!(refused(StatusCode::TOO_MANY_REQUESTS).is_transient());

@@ -53,7 +53,9 @@ fn files_that_are_not_indexes_are_refused_untouched() {
     assert!(Index::open_or_create(&text).is_err());
     let foreign = dir.path().join("foreign.db");
     rusqlite::Connection::open(&foreign).unwrap().execute_batch("CREATE TABLE t (x)").unwrap();
+    let before = std::fs::read(&foreign).unwrap();
     assert!(matches!(Index::open_or_create(&foreign), Err(IndexError::NotAnIndex { .. })));
+    assert_eq!(std::fs::read(&foreign).unwrap(), before, "not even switched to WAL");
     assert!(matches!(Index::open(&dir.path().join("absent.db")), Err(IndexError::Missing { .. })));
 }
 
