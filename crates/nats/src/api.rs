@@ -25,7 +25,10 @@ pub(crate) mod code {
     pub const STREAM_NAME_IN_USE: u64 = 10058;
     pub const STREAM_NOT_FOUND: u64 = 10059;
     pub const WRONG_LAST_SEQUENCE: u64 = 10071;
+    /// The same refusal for a conditional publish on one subject (`Nats-Expected-Last-Subject-Sequence`).
+    pub const WRONG_LAST_SUBJECT_SEQUENCE: u64 = 10164;
     pub const STREAM_STORE_FAILED: u64 = 10077;
+    pub const STREAM_SEALED: u64 = 10109;
     pub const STREAM_OFFLINE: u64 = 10118;
     pub const BATCH_MISSING_SEQUENCE: u64 = 10175;
     pub const BATCH_INCOMPLETE: u64 = 10176;
@@ -57,6 +60,11 @@ pub(crate) enum JsError {
 impl JsError {
     pub(crate) fn is_code(&self, code: u64) -> bool {
         matches!(self, JsError::Api { err_code, .. } if *err_code == code)
+    }
+
+    /// The stream (or the key's subject) moved past the sequence the write expected.
+    pub(crate) fn is_wrong_last_sequence(&self) -> bool {
+        self.is_code(code::WRONG_LAST_SEQUENCE) || self.is_code(code::WRONG_LAST_SUBJECT_SEQUENCE)
     }
 
     /// Errors worth retrying after a pause: the cluster is electing a leader, a node is restarting, ...
@@ -215,7 +223,12 @@ impl Js {
         self.client.server_info().max_payload
     }
 
-    async fn request_raw(&self, subject: String, headers: Option<HeaderMap>, payload: Bytes) -> Result<Bytes, JsError> {
+    async fn request_raw(
+        &self,
+        subject: String,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+    ) -> Result<Bytes, JsError> {
         let mut request = async_nats::client::Request::new().payload(payload).timeout(Some(self.timeout));
         if let Some(headers) = headers {
             request = request.headers(headers);
@@ -236,15 +249,21 @@ impl Js {
     fn parse<T: DeserializeOwned>(payload: &[u8]) -> Result<T, JsError> {
         match serde_json::from_slice::<ApiResponse<T>>(payload) {
             Ok(ApiResponse::Ok(v)) => Ok(v),
-            Ok(ApiResponse::Err { error }) => {
-                Err(JsError::Api { status: error.code, err_code: error.err_code, description: error.description })
-            }
+            Ok(ApiResponse::Err { error }) => Err(JsError::Api {
+                status: error.code,
+                err_code: error.err_code,
+                description: error.description,
+            }),
             Err(e) => Err(JsError::Protocol(format!("{e}: {}", String::from_utf8_lossy(payload)))),
         }
     }
 
     /// A `$JS.API.<suffix>` request with a JSON body.
-    async fn api<B: Serialize + ?Sized, T: DeserializeOwned>(&self, suffix: &str, body: &B) -> Result<T, JsError> {
+    async fn api<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        suffix: &str,
+        body: &B,
+    ) -> Result<T, JsError> {
         let body = serde_json::to_vec(body).map_err(|e| JsError::Protocol(e.to_string()))?;
         let reply = self.request_raw(format!("$JS.API.{suffix}"), None, body.into()).await?;
         Self::parse(&reply)
@@ -315,11 +334,19 @@ impl Js {
     }
 
     /// The last message on `subject`, from the stream leader.
-    pub(crate) async fn msg_get_last(&self, stream: &str, subject: &str) -> Result<Option<StoredMsg>, JsError> {
+    pub(crate) async fn msg_get_last(
+        &self,
+        stream: &str,
+        subject: &str,
+    ) -> Result<Option<StoredMsg>, JsError> {
         self.msg_get_with(stream, MsgGetRequest { seq: None, last_by_subj: Some(subject) }).await
     }
 
-    async fn msg_get_with(&self, stream: &str, request: MsgGetRequest<'_>) -> Result<Option<StoredMsg>, JsError> {
+    async fn msg_get_with(
+        &self,
+        stream: &str,
+        request: MsgGetRequest<'_>,
+    ) -> Result<Option<StoredMsg>, JsError> {
         match self.api::<_, MsgGetResponse>(&format!("STREAM.MSG.GET.{stream}"), &request).await {
             Ok(r) => {
                 let msg = StreamMessage::try_from(r.message).map_err(|e| JsError::Protocol(e.to_string()))?;
@@ -341,7 +368,8 @@ impl Js {
         max_bytes: usize,
     ) -> Result<Vec<StoredMsg>, JsError> {
         let inbox = self.client.new_inbox();
-        let mut sub = self.client.subscribe(inbox.clone()).await.map_err(|e| JsError::Unavailable(e.to_string()))?;
+        let mut sub =
+            self.client.subscribe(inbox.clone()).await.map_err(|e| JsError::Unavailable(e.to_string()))?;
         let body = serde_json::to_vec(&DirectBatchRequest { seq: from_seq, batch: batch.max(1), max_bytes })
             .map_err(|e| JsError::Protocol(e.to_string()))?;
         self.client
@@ -400,7 +428,10 @@ impl Js {
     }
 
     /// [`Js::publish_atomic`] with a subject per message (all of one stream).
-    pub(crate) async fn publish_atomic_multi(&self, mut msgs: Vec<(String, OutMsg)>) -> Result<PubAck, JsError> {
+    pub(crate) async fn publish_atomic_multi(
+        &self,
+        mut msgs: Vec<(String, OutMsg)>,
+    ) -> Result<PubAck, JsError> {
         let n = msgs.len();
         if n == 1 {
             let (subject, msg) = msgs.pop().ok_or_else(|| JsError::Refused("empty batch".into()))?;
@@ -437,6 +468,32 @@ impl Js {
             }
         }
         Err(JsError::Refused("empty batch".into()))
+    }
+}
+
+/// Pauses between rounds of a read-then-conditional-write loop, growing, until a deadline.
+///
+/// A conditional write on a key can be refused while another conditional write on the same key is still
+/// being replicated (the leader cannot check the expectation yet: error 10164); re-reading at once would
+/// see the old value again and spin, so each round waits a little longer.
+pub(crate) struct Backoff {
+    deadline: tokio::time::Instant,
+    pause: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Backoff { deadline: tokio::time::Instant::now() + timeout, pause: Duration::from_millis(2) }
+    }
+
+    /// Waits before the next round; `false` when the deadline leaves no room for one.
+    pub(crate) async fn wait(&mut self) -> bool {
+        if tokio::time::Instant::now() + self.pause > self.deadline {
+            return false;
+        }
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_millis(200));
+        true
     }
 }
 
@@ -511,6 +568,24 @@ pub(crate) async fn read_range(
 /// Most messages one read takes from the stream leader when no replica could answer in one go.
 const LEADER_READ_MAX: usize = 16;
 
+/// Refuses servers older than 2.12: they ignore the atomic batch headers and would store each message of
+/// a batch on its own, silently breaking all-or-nothing appends.
+pub(crate) fn check_server_version(client: &Client) -> Result<(), String> {
+    let version = client.server_info().version;
+    if supports_atomic_batches(&version) {
+        Ok(())
+    } else {
+        Err(format!(
+            "nats-server {version} is too old: the NATS backend needs 2.12 or newer (atomic batch publish)"
+        ))
+    }
+}
+
+fn supports_atomic_batches(version: &str) -> bool {
+    let mut parts = version.trim_start_matches('v').split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (2, 12)
+}
+
 /// A random identifier of `len` alphanumeric characters (batch ids, append ids, topic incarnations).
 pub(crate) fn random_id(len: usize) -> String {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
@@ -523,7 +598,8 @@ mod tests {
 
     #[test]
     fn api_errors_keep_their_codes() {
-        let body = br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 3"},"seq":0}"#;
+        let body =
+            br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 3"},"seq":0}"#;
         let err = Js::parse::<PubAck>(body).unwrap_err();
         assert!(err.is_code(code::WRONG_LAST_SEQUENCE), "{err:?}");
         assert!(!err.is_transient());
@@ -544,6 +620,16 @@ mod tests {
     #[test]
     fn garbage_response_is_a_protocol_error_not_a_panic() {
         assert!(matches!(Js::parse::<PubAck>(b"not json"), Err(JsError::Protocol(_))));
+    }
+
+    #[test]
+    fn servers_before_2_12_are_refused() {
+        for ok in ["2.12.0", "2.15.1", "v2.15.1", "3.0.0", "2.12.0-beta.1"] {
+            assert!(supports_atomic_batches(ok), "{ok}");
+        }
+        for old in ["2.9.10", "2.11.4", "", "garbage"] {
+            assert!(!supports_atomic_batches(old), "{old}");
+        }
     }
 
     #[test]

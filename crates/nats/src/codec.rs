@@ -33,7 +33,12 @@ pub(crate) const H_APPEND: &str = "Esgf-Append";
 const STREAM_TOPIC_CHARS: usize = 64;
 
 /// Headers of one record's message (without the per-append `Esgf-Append`).
-pub(crate) fn record_headers(timestamp_ms: i64, max_ts: i64, key: Option<&[u8]>, headers: &[Header]) -> HeaderMap {
+pub(crate) fn record_headers(
+    timestamp_ms: i64,
+    max_ts: i64,
+    key: Option<&[u8]>,
+    headers: &[Header],
+) -> HeaderMap {
     let mut map = HeaderMap::new();
     map.insert(H_TS, timestamp_ms.to_string().as_str());
     map.insert(H_MAX_TS, max_ts.to_string().as_str());
@@ -150,7 +155,8 @@ pub(crate) fn record_size(r: &Record) -> usize {
 /// `a_b`: the incarnation id (random, per creation of the topic) keeps them apart, and also keeps a deleted
 /// topic's leftover stream from ever being mistaken for a re-created topic's.
 pub(crate) fn partition_stream(topic: &str, incarnation: &str, partition: u32) -> String {
-    let readable: String = topic.chars().take(STREAM_TOPIC_CHARS).map(|c| if c == '.' { '_' } else { c }).collect();
+    let readable: String =
+        topic.chars().take(STREAM_TOPIC_CHARS).map(|c| if c == '.' { '_' } else { c }).collect();
     format!("ESGF_{readable}_{incarnation}_P{partition}")
 }
 
@@ -178,7 +184,8 @@ pub(crate) fn decode_kv_key(token: &str) -> Option<String> {
 /// are fixed identifiers chosen in code, so they are checked rather than encoded: the state stays readable
 /// with NATS tools).
 pub(crate) fn is_plain_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
@@ -191,8 +198,15 @@ mod tests {
 
     #[test]
     fn record_round_trips_key_headers_and_timestamp() {
-        let headers = vec![h("content-type", b"application/json"), h("bin\u{e9}", &[0, 255, 10, 13]), h("", b"")];
-        for key in [None, Some(&b"CMIP6.x|node"[..]), Some(&b""[..]), Some(&b" padded "[..]), Some(&[0xff, 0, b'\n'][..])] {
+        let headers =
+            vec![h("content-type", b"application/json"), h("bin\u{e9}", &[0, 255, 10, 13]), h("", b"")];
+        for key in [
+            None,
+            Some(&b"CMIP6.x|node"[..]),
+            Some(&b""[..]),
+            Some(&b" padded "[..]),
+            Some(&[0xff, 0, b'\n'][..]),
+        ] {
             let map = record_headers(-5, 7, key, &headers);
             let r = decode_record(42, &map, Bytes::from_static(b"{}")).unwrap();
             assert_eq!(r.offset, 41);
@@ -205,7 +219,10 @@ mod tests {
 
     #[test]
     fn readable_keys_stay_readable() {
-        assert_eq!(encode_key_header(b"CMIP6.ScenarioMIP|esgf.llnl.gov"), "t:CMIP6.ScenarioMIP|esgf.llnl.gov");
+        assert_eq!(
+            encode_key_header(b"CMIP6.ScenarioMIP|esgf.llnl.gov"),
+            "t:CMIP6.ScenarioMIP|esgf.llnl.gov"
+        );
         assert!(encode_key_header("é".as_bytes()).starts_with("b:"));
         assert!(encode_key_header(b"a\r\nb").starts_with("b:"));
     }

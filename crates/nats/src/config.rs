@@ -80,7 +80,9 @@ impl fmt::Debug for NatsAuth {
         match self {
             NatsAuth::None => f.write_str("None"),
             NatsAuth::Token(_) => f.write_str("Token(<redacted>)"),
-            NatsAuth::UserPassword { user, .. } => write!(f, "UserPassword {{ user: {user:?}, password: <redacted> }}"),
+            NatsAuth::UserPassword { user, .. } => {
+                write!(f, "UserPassword {{ user: {user:?}, password: <redacted> }}")
+            }
         }
     }
 }
@@ -113,7 +115,9 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, ConnectE
     options = match &config.auth {
         NatsAuth::None => options,
         NatsAuth::Token(token) => options.token(token.clone()),
-        NatsAuth::UserPassword { user, password } => options.user_and_password(user.clone(), password.clone()),
+        NatsAuth::UserPassword { user, password } => {
+            options.user_and_password(user.clone(), password.clone())
+        }
     };
     let client = options
         .connect(config.servers.as_slice())

