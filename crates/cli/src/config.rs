@@ -23,6 +23,7 @@
 //! segment_max_age = "7d"
 //! default_retention = "90d"        # for topics created without one; "forever" allowed
 //! retention_check_interval = "5m"
+//! dedupe_window = "7d"             # how long a published metadata.event_id is remembered [default: the topic's retention]
 //! [log]
 //! format = "text"                  # or "json"
 //! level = "info"                   # a tracing filter, e.g. "info,esgf_events_http=debug"
@@ -44,6 +45,13 @@
 //! max_age = "24h"                  # ...or this long after its first attempt
 //! allow = ["*.example.org", "127.0.0.1"]   # hosts webhook URLs may name [default: any]
 //! deny = ["10.0.0.0/8", "169.254.0.0/16"]  # hosts they may not; checked first, on resolved addresses too
+//! [ops]                            # operations endpoints
+//! metrics = true                   # serve GET /metrics (Prometheus text); false: 501
+//! maintenance_notice = "7d"        # least notice for a maintenance window unless forced
+//! public_url = "https://events.example.org"   # base of the Atom feeds' links [default: the request's Host]
+//! smtp_url = "smtps://user:pass@mail.example.org"   # mail announcements (ESGF_EVENTS_SMTP_URL); unset: no mail
+//! announce_to = ["esgf-announce@example.org"]       # ESGF_EVENTS_ANNOUNCE_TO (comma-separated)
+//! mail_from = "ESGF Event Service <events@example.org>"
 //! [tls]                            # both or neither; without it the server speaks plain HTTP
 //! cert_file = "/etc/esgf-events/tls/cert.pem"   # PEM chain, leaf first
 //! key_file = "/etc/esgf-events/tls/key.pem"     # PEM private key
@@ -102,7 +110,7 @@ pub const MAX_OPERATOR_SECRET_CHARS: usize = 512;
 const DATA_DIR_ALIAS: &str = "ESGF_EVENTS_DATA_DIR";
 
 /// Every server setting an environment variable can carry, by variable name.
-pub const ENV_VARS: [&str; 29] = [
+pub const ENV_VARS: [&str; 35] = [
     "ESGF_EVENTS_HTTP_ADDR",
     "ESGF_EVENTS_HTTP_MAX_EVENT_BYTES",
     "ESGF_EVENTS_HTTP_MAX_BATCH_EVENTS",
@@ -130,9 +138,15 @@ pub const ENV_VARS: [&str; 29] = [
     "ESGF_EVENTS_WEBHOOKS_TIMEOUT",
     "ESGF_EVENTS_WEBHOOKS_MAX_ATTEMPTS",
     "ESGF_EVENTS_WEBHOOKS_MAX_AGE",
+    "ESGF_EVENTS_OPS_METRICS",
+    "ESGF_EVENTS_OPS_MAINTENANCE_NOTICE",
+    "ESGF_EVENTS_OPS_PUBLIC_URL",
+    "ESGF_EVENTS_SMTP_URL",
+    "ESGF_EVENTS_OPS_MAIL_FROM",
     // Comma-separated lists.
     "ESGF_EVENTS_WEBHOOKS_ALLOW",
     "ESGF_EVENTS_WEBHOOKS_DENY",
+    "ESGF_EVENTS_ANNOUNCE_TO",
 ];
 
 /// The resolved configuration of `esgf-events serve`.
@@ -146,6 +160,47 @@ pub struct ServeConfig {
     pub tls: Option<TlsSettings>,
     pub kafka: KafkaSettings,
     pub webhooks: WebhookSettings,
+    pub ops: OpsSettings,
+}
+
+/// The operations endpoints: metrics and maintenance windows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpsSettings {
+    /// Serve `GET /metrics`.
+    pub metrics: bool,
+    /// The least notice a maintenance window needs unless forced.
+    pub maintenance_notice: Duration,
+    /// The service's public base URL, for absolute links in feeds; `None`: each request's `Host`.
+    pub public_url: Option<String>,
+    /// Where announcements are mailed from; `None`: no mail.
+    pub smtp_url: Option<SmtpUrl>,
+    /// Addresses every announcement is mailed to (registered principals' contacts get them too).
+    pub announce_to: Vec<String>,
+    pub mail_from: String,
+}
+
+/// An SMTP URL, which may hold a password: `Debug` never shows more than its scheme.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SmtpUrl(pub String);
+
+impl fmt::Debug for SmtpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = self.0.split_once("://").map_or("?", |(scheme, _)| scheme);
+        write!(f, "SmtpUrl({scheme}://***)")
+    }
+}
+
+impl Default for OpsSettings {
+    fn default() -> Self {
+        OpsSettings {
+            metrics: true,
+            maintenance_notice: Duration::from_secs(7 * 24 * 3600),
+            public_url: None,
+            smtp_url: None,
+            announce_to: Vec::new(),
+            mail_from: "ESGF Event Service <esgf-events@localhost>".to_owned(),
+        }
+    }
 }
 
 /// Delivery of webhook subscriptions. The service's own listen address is always refused as a webhook URL.
@@ -202,6 +257,9 @@ pub struct StorageSettings {
     /// Retention of topics created without one.
     pub default_retention: RetentionPeriod,
     pub retention_check_interval: Duration,
+    /// How long a published `metadata.event_id` is remembered for idempotent publish; `None`: each topic's
+    /// retention.
+    pub dedupe_window: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,6 +376,7 @@ impl Default for ServeConfig {
                 segment_max_age: Duration::from_secs(7 * 24 * 3600),
                 default_retention: RetentionPeriod::For(Duration::from_secs(90 * 24 * 3600)),
                 retention_check_interval: Duration::from_secs(5 * 60),
+                dedupe_window: None,
             },
             log: LogSettings { format: LogFormat::Text, level: "info".to_owned() },
             auth: AuthSettings {
@@ -330,6 +389,7 @@ impl Default for ServeConfig {
             tls: None,
             kafka: KafkaSettings::default(),
             webhooks: WebhookSettings::default(),
+            ops: OpsSettings::default(),
         }
     }
 }
@@ -517,6 +577,7 @@ impl ServeFlags {
             tls: TlsLayer { cert_file: self.tls_cert.clone(), key_file: self.tls_key.clone() },
             kafka: KafkaLayer { addr: self.kafka_addr, ..KafkaLayer::default() },
             webhooks: WebhooksLayer::default(),
+            ops: OpsLayer::default(),
             operator_token: None,
         }
     }
@@ -596,6 +657,9 @@ impl ServeConfig {
         set(&mut s.segment_max_age, layer.storage.segment_max_age);
         set(&mut s.default_retention, layer.storage.default_retention);
         set(&mut s.retention_check_interval, layer.storage.retention_check_interval);
+        if let Some(window) = layer.storage.dedupe_window {
+            s.dedupe_window = Some(window.into());
+        }
         set(&mut l.format, layer.log.format);
         set(&mut l.level, layer.log.level);
         if layer.kafka.addr.is_some() {
@@ -610,6 +674,16 @@ impl ServeConfig {
         set(&mut w.max_age, layer.webhooks.max_age);
         set(&mut w.allow, layer.webhooks.allow);
         set(&mut w.deny, layer.webhooks.deny);
+        set(&mut self.ops.metrics, layer.ops.metrics);
+        set(&mut self.ops.maintenance_notice, layer.ops.maintenance_notice);
+        if layer.ops.public_url.is_some() {
+            self.ops.public_url = layer.ops.public_url;
+        }
+        if let Some(url) = layer.ops.smtp_url {
+            self.ops.smtp_url = Some(SmtpUrl(url));
+        }
+        set(&mut self.ops.announce_to, layer.ops.announce_to);
+        set(&mut self.ops.mail_from, layer.ops.mail_from);
         let a = &mut self.auth;
         set(&mut a.rotation_grace, layer.auth.rotation_grace);
         set(&mut a.anonymous_rate, layer.auth.anonymous_rate);
@@ -639,6 +713,9 @@ impl ServeConfig {
         positive("storage.relaxed_fsync_interval", s.relaxed_fsync_interval.as_millis())?;
         positive("storage.segment_max_bytes", u128::from(s.segment_max_bytes))?;
         positive("storage.segment_max_age", s.segment_max_age.as_millis())?;
+        if let Some(window) = s.dedupe_window {
+            positive("storage.dedupe_window", window.as_millis())?;
+        }
         positive("storage.retention_check_interval", s.retention_check_interval.as_millis())?;
         if s.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid { key: "storage.data_dir", reason: "must not be empty".into() });
@@ -652,6 +729,20 @@ impl ServeConfig {
             && (tls.cert_file.as_os_str().is_empty() || tls.key_file.as_os_str().is_empty())
         {
             return Err(ConfigError::Invalid { key: "tls", reason: "file names must not be empty".into() });
+        }
+        if let Some(url) = &self.ops.public_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "ops.public_url",
+                reason: "must be an http(s) URL".into(),
+            });
+        }
+        // The URL may hold a password: the reason never repeats it.
+        if let Some(SmtpUrl(url)) = &self.ops.smtp_url
+            && !(url.starts_with("smtp://") || url.starts_with("smtps://"))
+        {
+            return Err(ConfigError::Invalid { key: "ops.smtp_url", reason: "must be an smtp:// or smtps:// URL".into() });
         }
         let w = &self.webhooks;
         positive("webhooks.timeout", w.timeout.as_millis())?;
@@ -722,6 +813,7 @@ struct Layer {
     tls: TlsLayer,
     kafka: KafkaLayer,
     webhooks: WebhooksLayer,
+    ops: OpsLayer,
     /// Environment only.
     operator_token: Option<OperatorToken>,
 }
@@ -745,6 +837,20 @@ struct FileLayer {
     kafka: KafkaLayer,
     #[serde(default)]
     webhooks: WebhooksLayer,
+    #[serde(default)]
+    ops: OpsLayer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpsLayer {
+    metrics: Option<bool>,
+    #[serde(default, deserialize_with = "parsed")]
+    maintenance_notice: Option<humantime::Duration>,
+    public_url: Option<String>,
+    smtp_url: Option<String>,
+    announce_to: Option<Vec<String>>,
+    mail_from: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -801,6 +907,8 @@ struct StorageLayer {
     default_retention: Option<RetentionPeriod>,
     #[serde(default, deserialize_with = "parsed")]
     retention_check_interval: Option<humantime::Duration>,
+    #[serde(default, deserialize_with = "parsed")]
+    dedupe_window: Option<humantime::Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -888,6 +996,7 @@ fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
         tls: file.tls,
         kafka: file.kafka,
         webhooks: file.webhooks,
+        ops: file.ops,
         operator_token: None,
     })
 }
@@ -969,6 +1078,7 @@ fn set_from_env(layer: &mut Layer, name: &'static str, value: &OsStr) -> Result<
         "ESGF_EVENTS_STORAGE_RETENTION_CHECK_INTERVAL" => {
             s.retention_check_interval = Some(parse_env(name, v)?);
         }
+        "ESGF_EVENTS_STORAGE_DEDUPE_WINDOW" => s.dedupe_window = Some(parse_env(name, v)?),
         "ESGF_EVENTS_LOG_FORMAT" => l.format = Some(parse_env(name, v)?),
         "ESGF_EVENTS_LOG_LEVEL" => l.level = Some(parse_env(name, v)?),
         "ESGF_EVENTS_AUTH_ROTATION_GRACE" => a.rotation_grace = Some(parse_env(name, v)?),
@@ -983,6 +1093,16 @@ fn set_from_env(layer: &mut Layer, name: &'static str, value: &OsStr) -> Result<
         "ESGF_EVENTS_WEBHOOKS_MAX_AGE" => layer.webhooks.max_age = Some(parse_env(name, v)?),
         "ESGF_EVENTS_WEBHOOKS_ALLOW" => layer.webhooks.allow = Some(parse_list(name, v)?),
         "ESGF_EVENTS_WEBHOOKS_DENY" => layer.webhooks.deny = Some(parse_list(name, v)?),
+        "ESGF_EVENTS_OPS_METRICS" => layer.ops.metrics = Some(parse_env(name, v)?),
+        "ESGF_EVENTS_OPS_MAINTENANCE_NOTICE" => layer.ops.maintenance_notice = Some(parse_env(name, v)?),
+        "ESGF_EVENTS_OPS_PUBLIC_URL" => layer.ops.public_url = Some(parse_env(name, v)?),
+        // The names the issue gives operators (no section part).
+        "ESGF_EVENTS_SMTP_URL" => {
+            let text = v.to_str().ok_or_else(|| ConfigError::EnvNotUnicode { name: name.to_owned() })?;
+            layer.ops.smtp_url = Some(text.to_owned());
+        }
+        "ESGF_EVENTS_ANNOUNCE_TO" => layer.ops.announce_to = Some(parse_list(name, v)?),
+        "ESGF_EVENTS_OPS_MAIL_FROM" => layer.ops.mail_from = Some(parse_env(name, v)?),
         // ENV_VARS and this match list the same names; the test `every_listed_env_var_is_read` keeps them so.
         _ => return Err(ConfigError::UnknownEnvVar { name: name.to_owned() }),
     }
@@ -1228,6 +1348,12 @@ mod tests {
             ("ESGF_EVENTS_WEBHOOKS_MAX_AGE", "1h"),
             ("ESGF_EVENTS_WEBHOOKS_ALLOW", "*.example.org, 127.0.0.1"),
             ("ESGF_EVENTS_WEBHOOKS_DENY", "10.0.0.0/8"),
+            ("ESGF_EVENTS_OPS_METRICS", "false"),
+            ("ESGF_EVENTS_OPS_MAINTENANCE_NOTICE", "1d"),
+            ("ESGF_EVENTS_OPS_PUBLIC_URL", "https://events.example.org"),
+            ("ESGF_EVENTS_SMTP_URL", "smtp://127.0.0.1:2525"),
+            ("ESGF_EVENTS_OPS_MAIL_FROM", "events@example.org"),
+            ("ESGF_EVENTS_ANNOUNCE_TO", "a@example.org, b@example.org"),
         ];
         assert_eq!(samples.len(), ENV_VARS.len());
         for (name, value) in samples {
@@ -1404,6 +1530,36 @@ mod tests {
         }
         let exact = format!("{TOKEN_PREFIX}{}", "A".repeat(MIN_OPERATOR_SECRET_CHARS));
         assert!(OperatorToken::parse(&exact).is_ok());
+    }
+
+    #[test]
+    fn ops_section_sets_every_key_and_the_environment_overrides_it() {
+        let text = "version = 1\n[ops]\nmetrics = false\nmaintenance_notice = \"2d\"\n\
+                    public_url = \"https://events.example.org\"\n";
+        let c = from_file(text).unwrap();
+        assert_eq!(
+            c.ops,
+            OpsSettings {
+                metrics: false,
+                maintenance_notice: Duration::from_secs(2 * 86_400),
+                public_url: Some("https://events.example.org".into()),
+                ..OpsSettings::default()
+            }
+        );
+        let vars = env(&[("ESGF_EVENTS_OPS_METRICS", "false"), ("ESGF_EVENTS_OPS_MAINTENANCE_NOTICE", "1h")]);
+        let c = ServeConfig::resolve(None, vars, &ServeFlags::default()).unwrap();
+        assert_eq!((c.ops.metrics, c.ops.maintenance_notice), (false, Duration::from_secs(3600)));
+        assert_eq!(ServeConfig::default().ops.maintenance_notice, Duration::from_secs(7 * 86_400));
+        let err = from_file("version = 1\n[ops]\npublic_url = \"events.example.org\"\n").unwrap_err();
+        assert!(err.to_string().contains("ops.public_url"), "{err}");
+        let c = from_file(
+            "version = 1\n[ops]\nsmtp_url = \"smtps://u:secret@mail.example.org\"\nannounce_to = [\"a@x.org\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.ops.announce_to, ["a@x.org"]);
+        assert!(!format!("{c:?}").contains("secret"), "the SMTP password must not show in Debug");
+        let err = from_file("version = 1\n[ops]\nsmtp_url = \"http://u:secret@x\"\n").unwrap_err();
+        assert!(err.to_string().contains("ops.smtp_url") && !err.to_string().contains("secret"), "{err}");
     }
 
     #[test]

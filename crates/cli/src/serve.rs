@@ -133,6 +133,79 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             }
         },
     };
+    let maintenance_state = esgf_events_ops::MaintenanceState::new(Arc::new(SystemClock));
+    let announcements = Arc::new(esgf_events_ops::announcements::Announcements::new(
+        Arc::clone(&meta),
+        Arc::new(SystemClock),
+    ));
+    let maintenance = match esgf_events_ops::Maintenance::open(
+        Arc::clone(&meta),
+        Arc::clone(&maintenance_state),
+        config.ops.maintenance_notice,
+    )
+    .await
+    {
+        Ok(maintenance) => Arc::new(maintenance.with_announcements(Arc::clone(&announcements))),
+        Err(e) => {
+            close_store(store.as_ref()).await;
+            return Err(e).context("cannot load the maintenance windows");
+        }
+    };
+    let (stop_mail, mail_stopped) = watch::channel(false);
+    let mailer = match &config.ops.smtp_url {
+        None => None,
+        Some(url) => {
+            let mut mail = esgf_events_ops::mail::MailConfig::new(
+                url.0.clone(),
+                config.ops.mail_from.clone(),
+                config.ops.announce_to.clone(),
+            );
+            mail.public_url = config.ops.public_url.clone();
+            let contacts_of = Arc::clone(&auth);
+            let contacts: esgf_events_ops::mail::Contacts = Arc::new(move || {
+                [esgf_events_auth::Role::Producer, esgf_events_auth::Role::Consumer]
+                    .into_iter()
+                    .flat_map(|role| contacts_of.list(role))
+                    .filter_map(|principal| principal.contact)
+                    .collect()
+            });
+            let clock: Arc<dyn esgf_events_engine::Clock> = Arc::new(SystemClock);
+            match esgf_events_ops::mail::Mailer::new(mail, Arc::clone(&meta), Arc::clone(&announcements), contacts, clock) {
+                Ok(mailer) => Some(Arc::new(mailer)),
+                Err(e) => {
+                    close_store(store.as_ref()).await;
+                    return Err(e).context("cannot set up announcement mail");
+                }
+            }
+        }
+    };
+    let mail_task = mailer.as_ref().map(|mailer| {
+        info!(recipients = config.ops.announce_to.len(), "announcement mail on");
+        tokio::spawn(Arc::clone(mailer).run(announcements.published_signal(), mail_stopped))
+    });
+    let ops = esgf_events_ops::Ops {
+        metrics: if config.ops.metrics { esgf_events_ops::metrics::prometheus() } else { None },
+        maintenance: Some(maintenance),
+        announcements: Some(announcements),
+        changelog: Some(Arc::clone(&meta)),
+        public_url: config.ops.public_url.clone(),
+        mail: mailer,
+    };
+    // The topic catalogue (validation, lifecycle, idempotent publish), shared by HTTP and Kafka.
+    let catalogue = match esgf_events_catalogue::Catalogue::open(
+        Arc::clone(&meta),
+        Arc::new(SystemClock),
+        config.storage.dedupe_window,
+    )
+    .await
+    {
+        Ok(catalogue) => Arc::new(catalogue),
+        Err(e) => {
+            close_store(store.as_ref()).await;
+            return Err(e).context("cannot load the topic catalogue");
+        }
+    };
+
     let (stop_kafka, kafka_stopped) = watch::channel(false);
     let kafka = match kafka_listener {
         None => None,
@@ -149,6 +222,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 allow_anonymous_public_read: true,
                 max_connections: config.http.max_connections,
                 tls: tls.clone(),
+                maintenance: Some(Arc::clone(&maintenance_state)),
                 ..esgf_events_kafka::KafkaConfig::default()
             };
             let ctx = esgf_events_kafka::KafkaContext {
@@ -156,6 +230,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 auth: Some(Arc::clone(&auth)),
                 offsets: esgf_events_meta::offsets::GroupOffsets::new(Arc::clone(&meta)),
                 config: kafka_config,
+                catalogue: Some(Arc::clone(&catalogue)),
             };
             let mut stopped = kafka_stopped;
             Some(tokio::spawn(esgf_events_kafka::run(listener, ctx, async move {
@@ -165,6 +240,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
 
     let (stop_retention, retention_stopped) = watch::channel(false);
+    let lifecycle = tokio::spawn(lifecycle_loop(
+        Arc::clone(&catalogue),
+        Arc::clone(&store),
+        config.storage.retention_check_interval,
+        retention_stopped.clone(),
+    ));
     let retention = tokio::spawn(retention_loop(
         Arc::clone(&store),
         config.storage.retention_check_interval,
@@ -196,6 +277,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         // The same committed offsets as the Kafka endpoint: a group can move between protocols.
         offsets: Some(esgf_events_meta::offsets::GroupOffsets::new(Arc::clone(&meta))),
         webhooks: Some(Arc::clone(&webhooks) as Arc<dyn esgf_events_webhooks::SubscriptionControl>),
+        ops,
+        catalogue: Some(catalogue),
     };
     let server = esgf_events_http::serve(listener, server, async move {
         // An error means the watcher is gone, which only happens on the way out: stop too.
@@ -221,10 +304,19 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 
     // After the HTTP drain (no request can create or change a subscription any more), before the log closes.
     webhooks.shutdown().await;
+    let _ = stop_mail.send(true);
+    if let Some(task) = mail_task
+        && let Err(e) = task.await
+    {
+        warn!(error = %e, "announcement mail task ended abnormally");
+    }
 
     let _ = stop_retention.send(true);
     if let Err(e) = retention.await {
         warn!(error = %e, "retention task ended abnormally");
+    }
+    if let Err(e) = lifecycle.await {
+        warn!(error = %e, "topic lifecycle task ended abnormally");
     }
     let closed = store.shutdown().await.context("closing the event log");
     match &closed {
@@ -427,6 +519,54 @@ async fn retention_loop(store: Arc<dyn LogStore>, every: Duration, mut stop: wat
             ),
             Ok(_) => debug!("retention pass: nothing expired"),
             Err(e) => warn!(error = %e, "retention pass failed; will retry at the next interval"),
+        }
+    }
+}
+
+/// How often scheduled topic-state transitions are looked for (an in-memory scan; cheap).
+const LIFECYCLE_TICK: Duration = Duration::from_secs(1);
+
+/// Applies scheduled topic-state transitions when due, and every `prune_every` forgets event ids older than
+/// their topic's dedupe window.
+async fn lifecycle_loop(
+    catalogue: Arc<esgf_events_catalogue::Catalogue>,
+    store: Arc<dyn LogStore>,
+    prune_every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(LIFECYCLE_TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_prune: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        match catalogue.apply_due().await {
+            Ok(applied) => {
+                for (topic, state) in applied {
+                    info!(%topic, state = state.as_str(), "scheduled topic state change applied");
+                }
+            }
+            Err(e) => warn!(error = %e, "applying scheduled topic state changes failed; will retry"),
+        }
+        if last_prune.is_some_and(|at| at.elapsed() < prune_every) {
+            continue;
+        }
+        last_prune = Some(tokio::time::Instant::now());
+        let topics = match store.list_topics().await {
+            Ok(topics) => topics,
+            Err(e) => {
+                warn!(error = %e, "listing topics to prune event ids failed");
+                continue;
+            }
+        };
+        for topic in topics {
+            match catalogue.prune_event_ids(&topic.name, topic.retention.max_age).await {
+                Ok(0) => {}
+                Ok(pruned) => debug!(topic = %topic.name, pruned, "forgot expired event ids"),
+                Err(e) => warn!(topic = %topic.name, error = %e, "pruning event ids failed"),
+            }
         }
     }
 }

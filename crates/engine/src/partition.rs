@@ -812,10 +812,13 @@ fn flush(shared: &Shared, mut p: Pending) -> Pending {
         return p;
     }
     let file = shared.read_state().active.file.clone();
+    let started = std::time::Instant::now();
     let written = file.file.write_all_at(&p.buf, p.len).and_then(|()| match shared.settings.durability {
         Durability::FsyncBeforeAck => file.file.sync_data(),
         Durability::Relaxed { .. } => Ok(()),
     });
+    // The metrics facade only: a no-op until the binary installs a recorder; named in esgf_events_ops::metrics.
+    metrics::histogram!("esgf_events_fsync_seconds").record(started.elapsed().as_secs_f64());
     if let Err(e) = written {
         tracing::error!(topic = %shared.topic, partition = shared.id, error = %e,
             "write or fsync failed; the partition refuses appends until restart");

@@ -116,6 +116,8 @@ pub(crate) async fn guard(
         (Access::ManageTopics, _) => Some(Action::ManageTopics),
         (Access::ManagePrincipals, _) => Some(Action::ManagePrincipals),
         (Access::ReadAudit, _) => Some(Action::ReadAudit),
+        // Operators only; the auth crate has no narrower operator action, and managing principals is one.
+        (Access::Operate, _) => Some(Action::ManagePrincipals),
         _ => None,
     };
     if spec.access == Access::Group && identity.is_none() {
@@ -179,6 +181,7 @@ async fn refuse_credentials(
     outcome: String,
     err: ApiError,
 ) -> Response {
+    esgf_events_ops::metrics::auth_failure("http");
     if let Err(limited) = auth.check_anonymous_rate(ip) {
         tracing::warn!(%ip, route = spec.path, "authentication failures over the per-IP limit");
         return ApiError::RateLimited { policy: "anonymous", limited }.into_response();

@@ -73,6 +73,28 @@ pub(crate) enum ApiError {
     /// Built by `From<WebhookError>` (`subscriptions.rs`), which turns the log's own errors into [`ApiError::Store`].
     #[error(transparent)]
     Webhook(WebhookError),
+    /// A maintenance window refuses this request (`ops.rs`).
+    /// `now_ms` on the maintenance clock, for `Retry-After`.
+    #[error("{}", window.message)]
+    Maintenance { window: Box<esgf_events_ops::Window>, now_ms: i64 },
+    #[error(transparent)]
+    MaintenanceWindow(#[from] esgf_events_ops::MaintenanceError),
+    /// The server was built without the operations endpoints (metrics, maintenance).
+    #[error("{0} is not available on this server")]
+    OpsUnavailable(&'static str),
+    #[error(transparent)]
+    Announcement(#[from] esgf_events_ops::announcements::AnnouncementError),
+    /// The state store failed while reading the changelog.
+    #[error(transparent)]
+    OpsStorage(esgf_events_meta::MetaError),
+    /// A page template failed to render (a bug: templates are fixed at build time).
+    #[error(transparent)]
+    Page(#[from] esgf_events_ops::pages::RenderError),
+    /// The topic's lifecycle state or validation policy refuses a publish; nothing was appended.
+    #[error(transparent)]
+    PublishRefused(#[from] esgf_events_catalogue::PublishRefusal),
+    #[error(transparent)]
+    Catalogue(#[from] esgf_events_catalogue::CatalogueError),
 }
 
 impl From<GroupAccessError> for ApiError {
@@ -161,18 +183,53 @@ impl ApiError {
                 WebhookError::ShuttingDown => "shutting-down",
                 WebhookError::Secret(_) | WebhookError::Client(_) => "internal-error",
             },
+            ApiError::Maintenance { .. } => "maintenance",
+            ApiError::MaintenanceWindow(e) => match e {
+                esgf_events_ops::MaintenanceError::Invalid(_) => "invalid-request",
+                esgf_events_ops::MaintenanceError::NotAnnounced => "maintenance-not-announced",
+                esgf_events_ops::MaintenanceError::TooShortNotice { .. } => "maintenance-notice-too-short",
+                esgf_events_ops::MaintenanceError::NotFound(_) => "maintenance-window-not-found",
+                esgf_events_ops::MaintenanceError::Meta(_) => "storage-error",
+            },
+            ApiError::OpsUnavailable(_) => "operations-unavailable",
+            ApiError::Announcement(e) => match e {
+                esgf_events_ops::announcements::AnnouncementError::Invalid(_) => "invalid-request",
+                esgf_events_ops::announcements::AnnouncementError::Meta(_) => "storage-error",
+                esgf_events_ops::announcements::AnnouncementError::Corrupt(_) => "corrupt-data",
+            },
+            ApiError::OpsStorage(_) => "storage-error",
+            ApiError::Page(_) => "internal-error",
+            ApiError::PublishRefused(refusal) => match refusal {
+                esgf_events_catalogue::PublishRefusal::Invalid { .. } => "invalid-event",
+                esgf_events_catalogue::PublishRefusal::ReadOnly { .. } => "topic-read-only",
+                esgf_events_catalogue::PublishRefusal::Retired { .. } => "topic-retired",
+            },
+            ApiError::Catalogue(e) => match e {
+                esgf_events_catalogue::CatalogueError::Invalid(_) => "invalid-request",
+                esgf_events_catalogue::CatalogueError::Meta(_) => "storage-error",
+                esgf_events_catalogue::CatalogueError::Corrupt { .. } => "corrupt-data",
+            },
         }
     }
 
     pub(crate) fn status(&self) -> StatusCode {
+        // Well-formed JSON that the topic's validation policy refuses: the request was understood, its content
+        // is not acceptable (the older `invalid-event` refusal of a non-object stays 400).
+        if let ApiError::PublishRefused(esgf_events_catalogue::PublishRefusal::Invalid { .. }) = self {
+            return StatusCode::UNPROCESSABLE_ENTITY;
+        }
         match self.kind() {
+            "topic-read-only" | "topic-retired" => StatusCode::CONFLICT,
             "topic-not-found" | "partition-not-found" | "principal-not-found" | "route-not-found" => {
                 StatusCode::NOT_FOUND
             }
             "topic-exists" | "principal-exists" => StatusCode::CONFLICT,
             "subscription-not-found" => StatusCode::NOT_FOUND,
             "subscription-paused" | "subscription-limit" => StatusCode::CONFLICT,
-            "webhooks-unavailable" => StatusCode::NOT_IMPLEMENTED,
+            "webhooks-unavailable" | "operations-unavailable" => StatusCode::NOT_IMPLEMENTED,
+            "maintenance" => StatusCode::SERVICE_UNAVAILABLE,
+            "maintenance-window-not-found" => StatusCode::NOT_FOUND,
+            "maintenance-not-announced" | "maintenance-notice-too-short" => StatusCode::CONFLICT,
             "internal-error" => StatusCode::INTERNAL_SERVER_ERROR,
             "unauthenticated" => StatusCode::UNAUTHORIZED,
             "forbidden" => StatusCode::FORBIDDEN,
@@ -222,6 +279,13 @@ impl ApiError {
             "subscription-limit" => "Too many subscriptions",
             "webhooks-unavailable" => "Webhooks unavailable",
             "internal-error" => "Internal error",
+            "maintenance" => "Down for maintenance",
+            "maintenance-not-announced" => "Maintenance not announced",
+            "maintenance-notice-too-short" => "Too little notice for maintenance",
+            "maintenance-window-not-found" => "Maintenance window not found",
+            "operations-unavailable" => "Operations endpoints unavailable",
+            "topic-read-only" => "Topic is read-only",
+            "topic-retired" => "Topic is retired",
             _ => "Invalid request",
         }
     }
@@ -235,9 +299,15 @@ impl ApiError {
             ApiError::Store(StoreError::Io { .. } | StoreError::Backend(_)) => {
                 "the storage backend failed; the details are in the server log".to_owned()
             }
-            ApiError::Admin(AdminError::Meta(_)) | ApiError::Offsets(OffsetsError::Meta(_)) => {
-                "the state store failed; the details are in the server log".to_owned()
-            }
+            ApiError::Admin(AdminError::Meta(_))
+            | ApiError::Offsets(OffsetsError::Meta(_))
+            | ApiError::MaintenanceWindow(esgf_events_ops::MaintenanceError::Meta(_))
+            | ApiError::Announcement(esgf_events_ops::announcements::AnnouncementError::Meta(_))
+            | ApiError::OpsStorage(_)
+            | ApiError::Catalogue(
+                esgf_events_catalogue::CatalogueError::Meta(_)
+                | esgf_events_catalogue::CatalogueError::Corrupt { .. },
+            ) => "the state store failed; the details are in the server log".to_owned(),
             ApiError::Offsets(OffsetsError::Corrupt { .. }) => {
                 "a stored consumer-group offset failed its check; the details are in the server log"
                     .to_owned()
@@ -306,9 +376,33 @@ impl ApiError {
                 "limit": limited.limit,
                 "remaining": limited.remaining,
             }),
+            ApiError::Maintenance { window, .. } => json!({
+                "window": window.id,
+                "mode": window.mode,
+                "starts_at": esgf_events_ops::maintenance::rfc3339(window.starts_at_ms),
+                "ends_at": esgf_events_ops::maintenance::rfc3339(window.ends_at_ms),
+                "announcement": window.announcement,
+            }),
+            ApiError::MaintenanceWindow(esgf_events_ops::MaintenanceError::NotFound(id)) => {
+                json!({ "window": id })
+            }
             ApiError::Admin(AdminError::Exists(what, name) | AdminError::NotFound(what, name)) => {
                 if *what == "topic" { json!({ "topic": name }) } else { json!({ "principal": name }) }
             }
+            ApiError::PublishRefused(esgf_events_catalogue::PublishRefusal::Invalid {
+                policy,
+                violations,
+            }) => {
+                let errors: Vec<Value> = violations
+                    .iter()
+                    .map(|v| json!({ "index": v.index, "pointer": v.pointer, "message": v.message }))
+                    .collect();
+                json!({ "policy": policy.as_str(), "errors": errors })
+            }
+            ApiError::PublishRefused(
+                esgf_events_catalogue::PublishRefusal::ReadOnly { topic, successor }
+                | esgf_events_catalogue::PublishRefusal::Retired { topic, successor },
+            ) => json!({ "topic": topic, "successor": successor }),
             _ => return Map::new(),
         };
         match value {
@@ -386,7 +480,20 @@ impl IntoResponse for ApiError {
             ApiError::TooManyStreams { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
+            ApiError::Maintenance { window, now_ms } => {
+                let left = u64::try_from(window.ends_at_ms.saturating_sub(*now_ms)).unwrap_or(0);
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(whole_seconds(Duration::from_millis(left))),
+                );
+                if let Some(link) = window.announcement.as_deref().and_then(announcement_link)
+                    && let Ok(value) = HeaderValue::from_str(&link)
+                {
+                    headers.insert(header::LINK, value);
+                }
+            }
             ApiError::RateLimited { policy, limited } => {
+                esgf_events_ops::metrics::rate_limited(policy);
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds(limited.retry_after)));
                 // draft-ietf-httpapi-ratelimit-headers: the policy (quota per 1 s window) and what is left of it.
                 let policy_header = format!(r#""{policy}";q={};w=1"#, limited.limit);
@@ -402,6 +509,20 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The `Link` header value pointing at a window's announcement: a URL as given, an announcement id as its page.
+fn announcement_link(announcement: &str) -> Option<String> {
+    let target = if announcement.starts_with("https://") || announcement.starts_with("http://") {
+        announcement.to_owned()
+    } else if announcement.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        format!("/announcements#announcement-{announcement}")
+    } else {
+        return None;
+    };
+    // Angle brackets or quotes would end the link early; such a value is not a link worth sending.
+    (!target.contains(['<', '>', '"', ' ']))
+        .then(|| format!("<{target}>; rel=\"related\"; title=\"announcement\""))
 }
 
 /// Seconds for `Retry-After` and friends: rounded up (retrying early would only be refused again), at least 1.

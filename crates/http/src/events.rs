@@ -1,8 +1,11 @@
 //! Publishing and reading events.
 //!
 //! Publishing stores each event's exact JSON bytes (no re-serialization), keyed like the ESGF envelope says and
-//! partitioned like Kafka's default partitioner. A request is validated whole, and charged against the producer's
-//! rate limit, before anything is appended, so a refused batch leaves nothing behind. Reading embeds the stored
+//! partitioned like Kafka's default partitioner. A request is validated whole (limits, the topic's lifecycle
+//! state and validation policy from the catalogue), and charged against the producer's rate limit, before
+//! anything is appended, so a refused batch leaves nothing behind. Events whose `metadata.event_id` the topic has
+//! already seen within the dedupe window are not appended again: their original position is returned with
+//! `"duplicate": true`. Reading embeds the stored
 //! bytes back verbatim, or as CloudEvents (`format=cloudevents`); it may start at a consumer group's committed
 //! offset (`group=`) and keep only the events that pass server-side filters (`filter=`, `key_prefix=`).
 
@@ -16,6 +19,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use esgf_events_catalogue::Dedupe;
 use esgf_events_engine::{AppendOutcome, NewRecord, ReadLimits, Record, StoreError};
 use esgf_events_envelope::{RecordRef, Selector, base64, record_key, to_cloudevent};
 use serde::Serialize;
@@ -40,6 +44,10 @@ use crate::{DEFAULT_READ_LIMIT, HttpConfig, SharedState};
 struct Placement {
     partition: u32,
     offset: u64,
+    /// The event repeats an `event_id` already published on the topic: nothing was appended, this is where
+    /// the original is.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -90,8 +98,14 @@ async fn publish_body(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let started = Instant::now();
     let body = read_body(&headers, body, state.config.max_body_bytes).await?;
     let events = split_events(&body, &state.config)?;
+
+    // The topic's lifecycle state and validation policy, before anything is charged or appended.
+    if let Some(catalogue) = &state.catalogue {
+        catalogue.check_publish(&topic, events.iter().map(|e| e.get().as_bytes()))?;
+    }
 
     // Charged only for a batch that is otherwise acceptable, and all-or-nothing: a refused batch costs nothing.
     if let (Some(auth), Some(who)) = (&state.auth, &caller) {
@@ -101,10 +115,23 @@ async fn publish_body(
             .map_err(|limited| ApiError::RateLimited { policy: "publish", limited })?;
     }
 
+    // Idempotent publish: every event id of the request is looked up before anything is appended.
+    let dedupe = match &state.catalogue {
+        Some(catalogue) => {
+            // Collected first: an iterator borrowing across the await trips the handler's `Send` inference.
+            let texts: Vec<&str> = events.iter().map(|e| e.get()).collect();
+            catalogue.find_duplicates(&topic, texts, info.retention.max_age).await?
+        }
+        None => vec![Dedupe::New; events.len()],
+    };
+
     // Everything below is infallible until the appends: the request is fully validated at this point.
     let mut round_robin = None;
     let mut groups: BTreeMap<u32, (Vec<usize>, Vec<NewRecord>)> = BTreeMap::new();
     for (index, event) in events.iter().enumerate() {
+        if dedupe[index] != Dedupe::New {
+            continue;
+        }
         let key = query_key.clone().or_else(|| record_key(event.get()).map(Bytes::from));
         let partition = match &key {
             Some(key) => partition_for_key(key, info.partitions),
@@ -122,9 +149,39 @@ async fn publish_body(
         });
     }
     let count = events.len();
+    let appended =
+        if groups.is_empty() { Vec::new() } else { append_groups(&state, &topic, groups, count).await? };
+    let mut results = vec![Placement { partition: 0, offset: 0, duplicate: false }; count];
+    for (index, decision) in dedupe.iter().enumerate() {
+        results[index] = match *decision {
+            Dedupe::New => appended[index],
+            Dedupe::Duplicate(original) => {
+                Placement { partition: original.partition, offset: original.offset, duplicate: true }
+            }
+            Dedupe::SameAs(first) => Placement { duplicate: true, ..appended[first] },
+        };
+    }
+    if let Some(catalogue) = &state.catalogue {
+        let placed: Vec<(&str, u32, u64)> = dedupe
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| **d == Dedupe::New)
+            .map(|(i, _)| (events[i].get(), results[i].partition, results[i].offset))
+            .collect();
+        // Written after the append: a crash in between lets one re-publish of these ids through (documented).
+        if let Err(e) = catalogue.record_event_ids(&topic, placed).await {
+            tracing::error!(%topic, error = %e, "events appended but their event ids were not recorded");
+        }
+    }
+    let (mut new_events, mut new_bytes) = (0u64, 0u64);
+    for (index, decision) in dedupe.iter().enumerate() {
+        if *decision == Dedupe::New {
+            new_events += 1;
+            new_bytes += events[index].get().len() as u64;
+        }
+    }
+    esgf_events_ops::metrics::published(&topic, "http", new_events, new_bytes, started.elapsed());
     drop(events);
-
-    let results = append_groups(&state, &topic, groups, count).await?;
     tracing::debug!(%topic, events = count, "published");
     Ok((StatusCode::CREATED, axum::Json(PublishResponse { results })).into_response())
 }
@@ -185,10 +242,11 @@ async fn append_groups(
     groups: BTreeMap<u32, (Vec<usize>, Vec<NewRecord>)>,
     count: usize,
 ) -> Result<Vec<Placement>, ApiError> {
-    let mut results = vec![Placement { partition: 0, offset: 0 }; count];
+    let mut results = vec![Placement { partition: 0, offset: 0, duplicate: false }; count];
     let mut place = |partition: u32, indices: &[usize], outcome: AppendOutcome| {
         for (i, &index) in indices.iter().enumerate() {
-            results[index] = Placement { partition, offset: outcome.base_offset + i as u64 };
+            results[index] =
+                Placement { partition, offset: outcome.base_offset + i as u64, duplicate: false };
         }
     };
 
@@ -431,6 +489,8 @@ pub(crate) async fn read(
         let selected: Vec<&Record> =
             result.records.iter().filter(|r| q.selector.matches(r.key.as_deref(), &r.value)).collect();
         if !selected.is_empty() || scanned >= MAX_SCANNED_RECORDS {
+            let bytes = selected.iter().map(|r| r.value.len() as u64).sum();
+            esgf_events_ops::metrics::read(&topic, "http", selected.len() as u64, bytes);
             return Ok(read_response(&topic, q.partition, &selected, offset, q.format));
         }
         if found {

@@ -10,7 +10,8 @@
 //! | GET    | `/healthz`, `/readyz`                     | liveness, readiness (503 once shutdown began)   | probe    |
 //! | GET    | `/v1/topics`, `/v1/topics/{topic}`        | list / describe topics (with `public`)          | public   |
 //! | POST   | `/v1/topics`                              | create a topic                                  | operator |
-//! | PATCH  | `/v1/topics/{topic}`                      | change `public`, `retention`, `retention_bytes` | operator |
+//! | PATCH  | `/v1/topics/{topic}`                      | change `public`, retention, catalogue settings  | operator |
+//! | GET    | `/topics`                                 | the topic catalogue as plain HTML               | public   |
 //! | POST   | `/v1/topics/{topic}/events`               | publish one event (object) or a batch (array)   | publish  |
 //! | GET    | `/v1/topics/{topic}/events`               | read a partition, optionally long-polling       | read     |
 //! | GET    | `/v1/topics/{topic}/stream`               | follow a topic: server-sent events, resumable   | read     |
@@ -24,6 +25,19 @@
 //! | DELETE | `/v1/{producers,consumers}/{name}`        | revoke (deletes the principal)                  | operator |
 //! | GET    | `/v1/audit?after=N&limit=M`               | audit log page, `{"entries", "next"}`           | operator |
 //! | *      | `/v1/subscriptions[/{id}[/...]]`          | webhook subscriptions (`subscriptions.rs`)      | owner    |
+//! | GET    | `/metrics`                                | Prometheus text (`ops.rs`)                      | public   |
+//! | GET    | `/v1/maintenance`                         | maintenance windows not yet over                | public   |
+//! | POST   | `/v1/maintenance`                         | schedule a window (notice, announcement)        | operator |
+//! | PATCH  | `/v1/maintenance/{window}`                | change a window                                 | operator |
+//! | DELETE | `/v1/maintenance/{window}`                | cancel a window                                 | operator |
+//! | POST   | `/v1/announcements`                       | publish an announcement                         | operator |
+//! | GET    | `/v1/announcements/deliveries`            | announcement mail, per recipient                | operator |
+//! | GET    | `/v1/announcements`, `/announcements[.atom]` | announcements as JSON, HTML, Atom            | public   |
+//! | GET    | `/v1/changelog`, `/changelog[.atom]`      | the changelog as JSON, HTML, Atom               | public   |
+//! | GET    | `/v1/status`, `/status`                   | state, maintenance windows, topic sizes         | public   |
+//!
+//! **Maintenance** (`ops.rs`): while a window is active, its guard answers 503 `maintenance` (writes only in a
+//! `read-only` window; everything but probes and the operations routes in a `full` one).
 //!
 //! **Access control** (`access.rs`): `Authorization: Bearer <token>` carries an API token or an OIDC JWT; no
 //! header means anonymous. Refused credentials answer 401 `unauthenticated` (with `WWW-Authenticate`) and are
@@ -56,7 +70,9 @@ mod error;
 mod events;
 mod groups;
 mod health;
+mod lifecycle;
 mod listener;
+mod ops;
 mod partitioner;
 mod routes;
 mod stream;
@@ -67,6 +83,8 @@ mod topics;
 
 #[cfg(test)]
 mod api_tests;
+#[cfg(test)]
+mod catalogue_tests;
 #[cfg(test)]
 mod stream_tests;
 #[cfg(test)]
@@ -178,6 +196,11 @@ pub struct Server {
     pub offsets: Option<GroupOffsets>,
     /// The webhook dispatcher. `None`: subscription requests are refused with 501 `webhooks-unavailable`.
     pub webhooks: Option<Arc<dyn SubscriptionControl>>,
+    /// Metrics and maintenance windows (`ops.rs`); the default has neither.
+    pub ops: esgf_events_ops::Ops,
+    /// The topic catalogue (validation, discovery metadata, lifecycle, idempotent publish). `None`: every topic
+    /// is active and unvalidated, and catalogue settings in requests are refused.
+    pub catalogue: Option<Arc<esgf_events_catalogue::Catalogue>>,
 }
 
 /// What every handler shares.
@@ -194,6 +217,10 @@ pub(crate) struct AppState {
     pub(crate) streams: Arc<Semaphore>,
     /// The recent records of followed partitions, shared by their streams.
     pub(crate) tails: tail::Tails,
+    pub(crate) ops: esgf_events_ops::Ops,
+    /// Served over TLS: absolute links built from the `Host` header say `https`.
+    pub(crate) tls: bool,
+    pub(crate) catalogue: Option<Arc<esgf_events_catalogue::Catalogue>>,
 }
 
 impl AppState {
@@ -209,6 +236,9 @@ impl AppState {
             webhooks: None,
             streams,
             tails: tail::Tails::default(),
+            ops: esgf_events_ops::Ops::default(),
+            tls: false,
+            catalogue: None,
         }
     }
 
@@ -216,6 +246,9 @@ impl AppState {
         let mut state = AppState::new(Arc::clone(&server.store), server.auth.clone(), server.config.clone());
         state.offsets = server.offsets.clone();
         state.webhooks = server.webhooks.clone();
+        state.ops = server.ops.clone();
+        state.tls = server.tls.is_some();
+        state.catalogue = server.catalogue.clone();
         state
     }
 
@@ -237,15 +270,27 @@ pub fn app(server: &Server) -> Router {
 
 /// [`app`] without access control.
 pub fn router(store: Arc<dyn LogStore>, config: HttpConfig) -> Router {
-    app(&Server { store, auth: None, config, tls: None, offsets: None, webhooks: None })
+    app(&Server {
+        store,
+        auth: None,
+        config,
+        tls: None,
+        offsets: None,
+        webhooks: None,
+        ops: Default::default(),
+        catalogue: None,
+    })
 }
 
 fn build_router(state: SharedState) -> Router {
+    let lifecycle = axum::middleware::from_fn_with_state(Arc::clone(&state), lifecycle::headers);
     routes::build_routes(&state)
         .fallback(route_not_found)
         // Must come after the routes: it applies to the routes registered so far.
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        .layer(lifecycle)
+        .layer(axum::middleware::from_fn(ops::track))
         .layer(TraceLayer::new_for_http())
 }
 
@@ -308,6 +353,15 @@ pub async fn run(
     config: HttpConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve(listener, Server { store, auth: None, config, tls: None, offsets: None, webhooks: None }, shutdown)
-        .await
+    let server = Server {
+        store,
+        auth: None,
+        config,
+        tls: None,
+        offsets: None,
+        webhooks: None,
+        ops: Default::default(),
+        catalogue: None,
+    };
+    serve(listener, server, shutdown).await
 }

@@ -9,7 +9,9 @@ use axum::middleware;
 use axum::routing::{MethodFilter, MethodRouter, on};
 use esgf_events_auth::Role;
 
-use crate::{SharedState, access, admin, events, groups, health, stream, subscriptions, topics};
+use crate::{
+    SharedState, access, admin, events, groups, health, lifecycle, ops, stream, subscriptions, topics,
+};
 
 /// What a route requires of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +38,8 @@ pub enum Access {
     /// Webhook subscriptions: any principal (never anonymous); the handler checks a read grant on the topic
     /// when creating, and that the caller owns the subscription (or is an operator) for everything else.
     Subscriptions,
+    /// Operating the service (maintenance windows): operators. Never refused by a maintenance window.
+    Operate,
 }
 
 /// One route: method, path template (axum syntax, `{topic}`, `{name}`) and the access it requires.
@@ -53,6 +57,7 @@ pub(crate) enum Endpoint {
     Healthz,
     Readyz,
     ListTopics,
+    TopicsPage,
     CreateTopic,
     DescribeTopic,
     UpdateTopic,
@@ -76,6 +81,21 @@ pub(crate) enum Endpoint {
     ResumeSubscription,
     DeadLetters,
     Redrive,
+    Metrics,
+    ListMaintenance,
+    ScheduleMaintenance,
+    UpdateMaintenance,
+    CancelMaintenance,
+    Announce,
+    ListAnnouncements,
+    AnnouncementsPage,
+    AnnouncementsFeed,
+    Changelog,
+    ChangelogPage,
+    ChangelogFeed,
+    MailDeliveries,
+    Status,
+    StatusPage,
 }
 
 const fn route(method: Method, path: &'static str, access: Access, endpoint: Endpoint) -> RouteSpec {
@@ -88,6 +108,7 @@ pub const ROUTES: &[RouteSpec] = &[
     route(GET,    "/healthz",                    Access::Probe,            Endpoint::Healthz),
     route(GET,    "/readyz",                     Access::Probe,            Endpoint::Readyz),
     route(GET,    "/v1/topics",                  Access::Public,           Endpoint::ListTopics),
+    route(GET,    "/topics",                     Access::Public,           Endpoint::TopicsPage),
     route(POST,   "/v1/topics",                  Access::ManageTopics,     Endpoint::CreateTopic),
     route(GET,    "/v1/topics/{topic}",          Access::Public,           Endpoint::DescribeTopic),
     route(PATCH,  "/v1/topics/{topic}",          Access::ManageTopics,     Endpoint::UpdateTopic),
@@ -117,6 +138,21 @@ pub const ROUTES: &[RouteSpec] = &[
     route(POST,   "/v1/subscriptions/{id}/resume", Access::Subscriptions,  Endpoint::ResumeSubscription),
     route(GET,    "/v1/subscriptions/{id}/dead-letters", Access::Subscriptions, Endpoint::DeadLetters),
     route(POST,   "/v1/subscriptions/{id}/redrive", Access::Subscriptions, Endpoint::Redrive),
+    route(GET,    "/metrics",                    Access::Public,           Endpoint::Metrics),
+    route(GET,    "/v1/maintenance",             Access::Public,           Endpoint::ListMaintenance),
+    route(POST,   "/v1/maintenance",             Access::Operate,          Endpoint::ScheduleMaintenance),
+    route(PATCH,  "/v1/maintenance/{window}",    Access::Operate,          Endpoint::UpdateMaintenance),
+    route(DELETE, "/v1/maintenance/{window}",    Access::Operate,          Endpoint::CancelMaintenance),
+    route(POST,   "/v1/announcements",           Access::Operate,          Endpoint::Announce),
+    route(GET,    "/v1/announcements",           Access::Public,           Endpoint::ListAnnouncements),
+    route(GET,    "/announcements",              Access::Public,           Endpoint::AnnouncementsPage),
+    route(GET,    "/announcements.atom",         Access::Public,           Endpoint::AnnouncementsFeed),
+    route(GET,    "/v1/changelog",               Access::Public,           Endpoint::Changelog),
+    route(GET,    "/changelog",                  Access::Public,           Endpoint::ChangelogPage),
+    route(GET,    "/changelog.atom",             Access::Public,           Endpoint::ChangelogFeed),
+    route(GET,    "/v1/announcements/deliveries", Access::Operate,         Endpoint::MailDeliveries),
+    route(GET,    "/v1/status",                  Access::Public,           Endpoint::Status),
+    route(GET,    "/status",                     Access::Public,           Endpoint::StatusPage),
 ];
 
 // Short names for the table above.
@@ -134,6 +170,7 @@ impl Endpoint {
             Endpoint::Healthz => on(filter, health::healthz),
             Endpoint::Readyz => on(filter, health::readyz),
             Endpoint::ListTopics => on(filter, topics::list),
+            Endpoint::TopicsPage => on(filter, lifecycle::page),
             Endpoint::CreateTopic => on(filter, topics::create),
             Endpoint::DescribeTopic => on(filter, topics::describe),
             Endpoint::UpdateTopic => on(filter, topics::update),
@@ -169,6 +206,21 @@ impl Endpoint {
             Endpoint::ResumeSubscription => on(filter, subscriptions::resume),
             Endpoint::DeadLetters => on(filter, subscriptions::dead_letters),
             Endpoint::Redrive => on(filter, subscriptions::redrive),
+            Endpoint::Metrics => on(filter, ops::metrics),
+            Endpoint::ListMaintenance => on(filter, ops::list),
+            Endpoint::ScheduleMaintenance => on(filter, ops::schedule),
+            Endpoint::UpdateMaintenance => on(filter, ops::update),
+            Endpoint::CancelMaintenance => on(filter, ops::cancel),
+            Endpoint::Announce => on(filter, ops::announce),
+            Endpoint::ListAnnouncements => on(filter, ops::list_announcements),
+            Endpoint::AnnouncementsPage => on(filter, ops::announcements_page),
+            Endpoint::AnnouncementsFeed => on(filter, ops::announcements_feed),
+            Endpoint::Changelog => on(filter, ops::changelog),
+            Endpoint::ChangelogPage => on(filter, ops::changelog_page),
+            Endpoint::ChangelogFeed => on(filter, ops::changelog_feed),
+            Endpoint::MailDeliveries => on(filter, ops::deliveries),
+            Endpoint::Status => on(filter, ops::status),
+            Endpoint::StatusPage => on(filter, ops::status_page),
         }
     }
 }
@@ -187,7 +239,9 @@ pub(crate) fn build_routes(state: &SharedState) -> Router<SharedState> {
         let handler = spec
             .endpoint
             .handler(filter)
-            .route_layer(middleware::from_fn_with_state((state.clone(), spec), access::guard));
+            .route_layer(middleware::from_fn_with_state((state.clone(), spec), access::guard))
+            // Outside the access guard: a window's answer is public, and costs no credential check.
+            .route_layer(middleware::from_fn_with_state((state.clone(), spec), ops::maintenance_guard));
         router = router.route(spec.path, handler);
     }
     router

@@ -1,5 +1,6 @@
 //! Topic endpoints: create, list, describe, change; and the JSON shape of a topic (retention as `"90d"` or
-//! `"forever"`, and whether anyone may read it without credentials).
+//! `"forever"`, and whether anyone may read it without credentials), with its catalogue settings (validation,
+//! description, owner, schemas, lifecycle state; `esgf_events_catalogue`) when the server has a catalogue.
 
 use std::time::Duration;
 
@@ -68,6 +69,92 @@ pub(crate) struct TopicDescription {
     /// Readable without credentials. Always true on a server without access control.
     public: bool,
     offsets: Vec<OffsetsOut>,
+    #[serde(flatten)]
+    catalogue: Option<CatalogueOut>,
+}
+
+/// A topic's catalogue settings as the API shows them.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub(crate) struct CatalogueOut {
+    validation: &'static str,
+    description: Option<String>,
+    owner: Option<String>,
+    schemas: Vec<String>,
+    pub(crate) state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sunset: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    successor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    announcement: Option<String>,
+    /// A transition announced for later: `{"state", "at"}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheduled: Option<serde_json::Value>,
+    /// The companion errors stream, when the topic has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors_topic: Option<String>,
+}
+
+impl CatalogueOut {
+    pub(crate) fn of(topic: &str, s: &esgf_events_catalogue::TopicSettings) -> Self {
+        use esgf_events_catalogue::rfc3339;
+        CatalogueOut {
+            validation: s.validation.as_str(),
+            description: s.description.clone(),
+            owner: s.owner.clone(),
+            schemas: s.schemas.clone(),
+            state: s.state.as_str(),
+            sunset: s.sunset_ms.map(rfc3339),
+            successor: s.successor.clone(),
+            announcement: s.announcement.clone(),
+            scheduled: s
+                .scheduled
+                .map(|sc| serde_json::json!({ "state": sc.state.as_str(), "at": rfc3339(sc.at_ms) })),
+            errors_topic: s.errors_topic.then(|| esgf_events_catalogue::errors_topic_name(topic)),
+        }
+    }
+}
+
+/// Splits a topic request body into its catalogue settings and the rest (parsed strictly by the caller).
+/// Catalogue settings on a server without a catalogue are refused rather than silently dropped.
+fn split_settings(
+    state: &AppState,
+    body: &[u8],
+) -> Result<(serde_json::Value, esgf_events_catalogue::SettingsChange), ApiError> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|err| ApiError::malformed_json(&err))?;
+    let change = match value.as_object_mut() {
+        Some(map) => esgf_events_catalogue::SettingsChange::take_from(map)?,
+        None => esgf_events_catalogue::SettingsChange::default(),
+    };
+    if !change.is_empty() && state.catalogue.is_none() {
+        return Err(ApiError::InvalidRequest(
+            "this server has no topic catalogue: settings like validation, \
+             description or state are not available"
+                .to_owned(),
+        ));
+    }
+    Ok((value, change))
+}
+
+/// Checks `change` against `topic`'s current settings without storing anything, so a request is refused whole.
+fn dry_run(
+    state: &AppState,
+    topic: &str,
+    change: &esgf_events_catalogue::SettingsChange,
+) -> Result<(), ApiError> {
+    if let Some(catalogue) = &state.catalogue {
+        let current = catalogue.get(topic);
+        esgf_events_catalogue::apply(
+            topic,
+            &current.settings,
+            change,
+            catalogue.now_ms(),
+            "",
+            catalogue.schemas(),
+        )?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -92,11 +179,30 @@ pub(crate) async fn create(
     check_query(&query_pairs(query)?, &[])?;
     require_json(&headers)?;
     let body = read_body(&headers, body, MAX_TOPIC_BODY_BYTES).await?;
+    let (rest, settings) = split_settings(&state, &body)?;
     let request: CreateTopicRequest =
-        serde_json::from_slice(&body).map_err(|err| ApiError::bad_body("topic request", &err))?;
+        serde_json::from_value(rest).map_err(|err| ApiError::bad_body("topic request", &err))?;
     let config = topic_config(&request, state.config.default_retention)?;
+    dry_run(&state, &request.name, &settings)?;
+    let errors_topic = settings.errors_topic == Some(true);
+    if errors_topic {
+        // Checked up front so the companion's name cannot fail after the topic exists.
+        let name = esgf_events_catalogue::errors_topic_name(&request.name);
+        if name.len() > 249 {
+            return Err(ApiError::InvalidRequest(format!("the errors topic name {name} would be too long")));
+        }
+    }
 
     let info = state.store.create_topic(&request.name, config).await?;
+    if let Some(catalogue) = &state.catalogue {
+        let who = actor(&caller).map_or("operator", |i| i.name.as_str());
+        if !settings.is_empty() {
+            catalogue.update(&info.name, &settings, who).await?;
+        }
+        if errors_topic {
+            create_errors_topic(&state, catalogue, &info.name, config, who).await?;
+        }
+    }
     tracing::info!(
         topic = %info.name,
         partitions = info.partitions,
@@ -117,18 +223,65 @@ pub(crate) async fn create(
     Ok(response)
 }
 
+/// Creates `<topic>.errors` beside `topic`: same partitions and retention, no validation (reports of any
+/// shape must get through), registered in the catalogue. An existing one is kept.
+async fn create_errors_topic(
+    state: &AppState,
+    catalogue: &esgf_events_catalogue::Catalogue,
+    topic: &str,
+    config: TopicConfig,
+    who: &str,
+) -> Result<(), ApiError> {
+    let name = esgf_events_catalogue::errors_topic_name(topic);
+    match state.store.create_topic(&name, config).await {
+        Ok(_) | Err(esgf_events_engine::StoreError::TopicExists(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let change = esgf_events_catalogue::SettingsChange {
+        description: Some(Some(format!("Errors stream of {topic}: {{metadata, data, error}} reports"))),
+        ..Default::default()
+    };
+    catalogue.update(&name, &change, who).await?;
+    tracing::info!(%topic, errors_topic = %name, "errors stream created");
+    Ok(())
+}
+
 pub(crate) async fn list(
     State(state): State<SharedState>,
     query: Result<Query<QueryPairs>, QueryRejection>,
 ) -> Result<Json<impl Serialize>, ApiError> {
-    check_query(&query_pairs(query)?, &[])?;
+    let pairs = query_pairs(query)?;
+    check_query(&pairs, &["include"])?;
+    let include_retired = parse_include(&pairs)?;
+    let topics = list_descriptions(&state, include_retired).await?;
+    Ok(Json(TopicList { topics }))
+}
+
+/// `include=retired` lists retired topics too (hidden by default).
+pub(crate) fn parse_include(pairs: &[(String, String)]) -> Result<bool, ApiError> {
+    match crate::body::query_value(pairs, "include") {
+        None => Ok(false),
+        Some("retired") => Ok(true),
+        Some(_) => Err(crate::body::invalid_param("include", "the only value is 'retired'")),
+    }
+}
+
+/// Every topic's description, by name; retired ones only when asked for.
+pub(crate) async fn list_descriptions(
+    state: &AppState,
+    include_retired: bool,
+) -> Result<Vec<TopicDescription>, ApiError> {
     let mut infos = state.store.list_topics().await?;
     infos.sort_by(|a, b| a.name.cmp(&b.name));
     let mut topics = Vec::with_capacity(infos.len());
     for info in infos {
-        topics.push(describe_info(&state, info).await?);
+        let description = describe_info(state, info).await?;
+        let retired = description.catalogue.as_ref().is_some_and(|c| c.state == "retired");
+        if include_retired || !retired {
+            topics.push(description);
+        }
     }
-    Ok(Json(TopicList { topics }))
+    Ok(topics)
 }
 
 pub(crate) async fn describe(
@@ -156,8 +309,14 @@ pub(crate) async fn update(
     check_query(&query_pairs(query)?, &[])?;
     require_json(&headers)?;
     let body = read_body(&headers, body, MAX_TOPIC_BODY_BYTES).await?;
+    let (rest, settings) = split_settings(&state, &body)?;
     let request: UpdateTopicRequest =
-        serde_json::from_slice(&body).map_err(|err| ApiError::bad_body("topic update", &err))?;
+        serde_json::from_value(rest).map_err(|err| ApiError::bad_body("topic update", &err))?;
+    if settings.errors_topic.is_some() {
+        return Err(ApiError::InvalidRequest(
+            "errors_topic can only be set when creating a topic".to_owned(),
+        ));
+    }
     let auth = match request.public {
         Some(_) => Some(require_auth(&state)?),
         None => None,
@@ -165,8 +324,21 @@ pub(crate) async fn update(
 
     let mut info = state.store.describe_topic(&topic).await?;
     let retention = updated_retention(&request, info.retention)?;
+    dry_run(&state, &topic, &settings)?;
     if retention != info.retention {
+        let before = info.retention;
         info = state.store.set_retention(&topic, retention).await?;
+        if let Some(catalogue) = &state.catalogue {
+            let describe = |r: Retention| {
+                format!(
+                    "{} (retention_bytes {})",
+                    format_retention(r.max_age),
+                    r.max_bytes.map_or_else(|| "none".to_owned(), |b| b.to_string())
+                )
+            };
+            let who = actor(&caller).map_or("operator", |i| i.name.as_str());
+            catalogue.record_retention_change(&topic, &describe(before), &describe(retention), who).await;
+        }
         tracing::info!(
             %topic,
             retention = %format_retention(retention.max_age),
@@ -185,6 +357,11 @@ pub(crate) async fn update(
     if let (Some(auth), Some(public)) = (auth, request.public) {
         auth.set_topic_public(&topic, public, actor(&caller)?).await?;
         tracing::info!(%topic, public, "topic visibility changed");
+    }
+    if let Some(catalogue) = &state.catalogue
+        && !settings.is_empty()
+    {
+        catalogue.update(&topic, &settings, actor(&caller).map_or("operator", |i| i.name.as_str())).await?;
     }
     Ok(Json(describe_info(&state, info).await?))
 }
@@ -296,6 +473,10 @@ async fn describe_info(state: &AppState, info: TopicInfo) -> Result<TopicDescrip
         retention_bytes: info.retention.max_bytes,
         created: format_timestamp(info.created_ms),
         partitions: info.partitions,
+        catalogue: state
+            .catalogue
+            .as_ref()
+            .map(|c| CatalogueOut::of(&info.name, &c.get(&info.name).settings)),
         name: info.name,
         public,
         offsets,

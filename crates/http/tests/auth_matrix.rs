@@ -94,6 +94,7 @@ const MATRIX: &[Row] = &[
     ("GET", "/healthz", PROBE),
     ("GET", "/readyz", PROBE),
     ("GET", "/v1/topics", PUBLIC),
+    ("GET", "/topics", PUBLIC),
     ("POST", "/v1/topics", operator_only(201)),
     ("GET", "/v1/topics/{topic}", PUBLIC),
     ("PATCH", "/v1/topics/{topic}", operator_only(200)),
@@ -128,6 +129,23 @@ const MATRIX: &[Row] = &[
     ("POST", "/v1/subscriptions/{id}/resume", owner_only(200)),
     ("GET", "/v1/subscriptions/{id}/dead-letters", owner_only(200)),
     ("POST", "/v1/subscriptions/{id}/redrive", owner_only(202)),
+    ("GET", "/metrics", PUBLIC),
+    ("GET", "/v1/maintenance", PUBLIC),
+    // Each operator cell schedules a window of its own; PATCH and DELETE act on the fixture's window (PATCH
+    // runs first, in ROUTES order).
+    ("POST", "/v1/maintenance", operator_only(201)),
+    ("PATCH", "/v1/maintenance/{window}", operator_only(200)),
+    ("DELETE", "/v1/maintenance/{window}", operator_only(204)),
+    ("POST", "/v1/announcements", operator_only(201)),
+    ("GET", "/v1/announcements", PUBLIC),
+    ("GET", "/announcements", PUBLIC),
+    ("GET", "/announcements.atom", PUBLIC),
+    ("GET", "/v1/changelog", PUBLIC),
+    ("GET", "/changelog", PUBLIC),
+    ("GET", "/changelog.atom", PUBLIC),
+    ("GET", "/v1/announcements/deliveries", operator_only(200)),
+    ("GET", "/v1/status", PUBLIC),
+    ("GET", "/status", PUBLIC),
 ];
 
 /// A subscription owned by the consumer of `t`.
@@ -168,6 +186,14 @@ fn concrete_request(method: &Method, path: &str, column: usize) -> (String, Opti
         ("POST", "/v1/producers") => Some(json!({ "name": format!("new-p-{column}"), "topics": ["t"] })),
         ("POST", "/v1/consumers") => Some(json!({ "name": format!("new-c-{column}"), "topics": ["t"] })),
         ("POST", "/v1/subscriptions") => Some(json!({ "topic": "t", "url": UNREACHABLE_HOOK })),
+        ("POST", "/v1/maintenance") => Some(json!({
+            "starts_at": "2099-01-01T00:00:00Z", "ends_at": "2099-01-01T01:00:00Z", "mode": "read-only",
+            "message": format!("matrix cell {column}"), "announcement": "https://example.org/a/1",
+        })),
+        ("PATCH", "/v1/maintenance/{window}") => Some(json!({ "message": "changed" })),
+        ("POST", "/v1/announcements") => {
+            Some(json!({ "kind": "general", "title": format!("cell {column}") }))
+        }
         ("PATCH", _) => Some(json!({ "contact": "ops@example.org" })),
         _ => None,
     };
@@ -202,7 +228,7 @@ async fn every_route_answers_every_caller_as_the_matrix_says() {
             } else {
                 &target_subscription
             };
-            let uri = uri.replace("{id}", id);
+            let uri = uri.replace("{id}", id).replace("{window}", &fx.window);
             let token = fx.token(*who);
             let reply = fx.call(spec.method.clone(), &uri, token.as_deref(), body, peer(column)).await;
             let want = expected[column];
@@ -584,6 +610,8 @@ struct Fixture {
     store: Arc<EmbeddedStore>,
     webhooks: Arc<Dispatcher>,
     tokens: Vec<(Who, String)>,
+    /// A maintenance window far in the future, for the PATCH and DELETE rows.
+    window: String,
 }
 
 /// Nothing listens on the discard port: the matrix's subscriptions never deliver (and never need to).
@@ -632,15 +660,71 @@ impl Fixture {
             tls: None,
             offsets: Some(GroupOffsets::new(Arc::clone(&meta))),
             webhooks: None,
+            ops: Default::default(),
+            catalogue: None,
         };
+        let announcements = Arc::new(esgf_events_ops::announcements::Announcements::new(
+            Arc::clone(&meta),
+            Arc::new(SystemClock),
+        ));
+        let maintenance = esgf_events_ops::Maintenance::open(
+            Arc::clone(&meta),
+            esgf_events_ops::MaintenanceState::new(Arc::new(SystemClock)),
+            Duration::from_secs(7 * 86_400),
+        )
+        .await
+        .expect("maintenance")
+        .with_announcements(Arc::clone(&announcements));
+        let window = maintenance
+            .schedule(esgf_events_ops::NewWindow {
+                starts_at_ms: 4_070_908_800_000, // 2099-01-01
+                ends_at_ms: 4_070_912_400_000,
+                mode: esgf_events_ops::MaintenanceMode::Full,
+                message: "fixture".to_owned(),
+                announcement: Some("https://example.org/a/0".to_owned()),
+                force: false,
+            })
+            .await
+            .expect("window")
+            .id;
+        let ops = esgf_events_ops::Ops {
+            metrics: esgf_events_ops::metrics::prometheus(),
+            maintenance: Some(Arc::new(maintenance)),
+            announcements: Some(Arc::clone(&announcements)),
+            changelog: Some(Arc::clone(&meta)),
+            public_url: None,
+            // Never run: the matrix only reads its (empty) delivery records.
+            mail: Some(Arc::new(
+                esgf_events_ops::mail::Mailer::new(
+                    esgf_events_ops::mail::MailConfig::new(
+                        "smtp://127.0.0.1:9".to_owned(),
+                        "events@example.org".to_owned(),
+                        Vec::new(),
+                    ),
+                    Arc::clone(&meta),
+                    Arc::clone(&announcements),
+                    Arc::new(Vec::new),
+                    Arc::new(SystemClock),
+                )
+                .expect("mailer"),
+            )),
+        };
+        let server = Server { ops, ..server };
         let webhooks = Arc::new(
             Dispatcher::start(store.clone(), meta, WebhookConfig::default())
                 .await
                 .expect("webhook dispatcher"),
         );
         let server = Server { webhooks: Some(webhooks.clone() as Arc<dyn SubscriptionControl>), ..server };
-        let mut fx =
-            Fixture { app: app(&server), auth: auth.clone(), store, webhooks, tokens: Vec::new(), _dir: dir };
+        let mut fx = Fixture {
+            app: app(&server),
+            auth: auth.clone(),
+            store,
+            webhooks,
+            tokens: Vec::new(),
+            window,
+            _dir: dir,
+        };
 
         let token_file = fx._dir.path().join("operator.token");
         let created = fx.auth.bootstrap_operator(&token_file, None).await.expect("bootstrap");
@@ -754,7 +838,17 @@ impl Fixture {
         }
         let raw = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
         let raw = String::from_utf8(raw.to_vec()).expect("utf8 body");
-        let body = if raw.is_empty() { Value::Null } else { serde_json::from_str(&raw).expect("JSON body") };
+        // `/metrics` answers Prometheus text, `/topics` and other pages HTML, feeds Atom; everything else JSON.
+        let text = headers.get(header::CONTENT_TYPE).is_some_and(|t| {
+            [&b"text/plain"[..], b"text/html", b"application/atom+xml"]
+                .iter()
+                .any(|p| t.as_bytes().starts_with(p))
+        });
+        let body = if raw.is_empty() || text {
+            Value::Null
+        } else {
+            serde_json::from_str(&raw).unwrap_or_else(|e| panic!("JSON body {status} {raw:?}: {e}"))
+        };
         Reply { status, headers, body, raw }
     }
 

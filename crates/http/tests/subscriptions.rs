@@ -46,6 +46,8 @@ impl Fixture {
             tls: None,
             offsets: None,
             webhooks: Some(webhooks.clone() as Arc<dyn SubscriptionControl>),
+            ops: Default::default(),
+            catalogue: None,
         };
         Fixture { app: app(&server), _dir: dir, store, webhooks }
     }

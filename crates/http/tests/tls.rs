@@ -66,6 +66,8 @@ async fn tls_round_trip_with_a_stalled_handshake_alongside() {
         tls: Some(tls),
         offsets: None,
         webhooks: None,
+        ops: Default::default(),
+        catalogue: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");

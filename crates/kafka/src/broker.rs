@@ -206,6 +206,11 @@ impl Broker {
             session.close = true;
             return None;
         }
+        metrics::counter!("esgf_events_kafka_requests_total", "api" => format!("{:?}", request.api_key()))
+            .increment(1);
+        if let Some(refused) = self.maintenance_refusal(&request) {
+            return Some(refused);
+        }
         Some(match request {
             Request::ApiVersions(_) => Response::ApiVersions(api_versions(NONE)),
             Request::Metadata(r) => Response::Metadata(self.metadata(session, version, r).await),
@@ -241,6 +246,62 @@ impl Broker {
                 Response::SaslAuthenticate(self.sasl_authenticate(session, version, r).await)
             }
         })
+    }
+
+    /// The answer to a produce (any window) or fetch (full window) during maintenance: every partition gets the
+    /// retriable maintenance code, and produce partitions carry the window's message (v8+ show it).
+    fn maintenance_refusal(&self, request: &Request) -> Option<Response> {
+        let state = self.config().maintenance.as_ref()?;
+        match request {
+            Request::Produce(r) => {
+                let window = state.refusing(true)?;
+                if r.acks == 0 {
+                    // No response is read by an acks=0 producer; refusing silently is all we can do.
+                    return None;
+                }
+                let message = format!(
+                    "maintenance until {}: {}",
+                    esgf_events_ops::maintenance::rfc3339(window.ends_at_ms),
+                    window.message
+                );
+                let mut response = ProduceResponse::default();
+                for topic in &r.topic_data {
+                    let mut t = produce_response::TopicProduceResponse::default();
+                    t.name = topic.name.clone();
+                    for p in &topic.partition_data {
+                        let mut pr = produce_response::PartitionProduceResponse::default();
+                        pr.index = p.index;
+                        pr.error_code = errors::maintenance_produce();
+                        pr.base_offset = -1;
+                        pr.error_message = Some(StrBytes::from_string(message.clone()));
+                        t.partition_responses.push(pr);
+                    }
+                    response.responses.push(t);
+                }
+                Some(Response::Produce(response))
+            }
+            Request::Fetch(r) => {
+                state.refusing(false)?;
+                let mut response = FetchResponse::default();
+                for topic in &r.topics {
+                    let mut t = fetch_response::FetchableTopicResponse::default();
+                    t.topic = topic.topic.clone();
+                    t.topic_id = topic.topic_id;
+                    for p in &topic.partitions {
+                        let mut data = fetch_response::PartitionData::default();
+                        data.partition_index = p.partition;
+                        data.error_code = errors::maintenance_fetch();
+                        data.high_watermark = -1;
+                        data.last_stable_offset = -1;
+                        data.log_start_offset = -1;
+                        t.partitions.push(data);
+                    }
+                    response.responses.push(t);
+                }
+                Some(Response::Fetch(response))
+            }
+            _ => None,
+        }
     }
 
     async fn metadata(&self, session: &Session, version: i16, request: MetadataRequest) -> MetadataResponse {

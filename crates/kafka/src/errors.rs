@@ -50,6 +50,18 @@ pub fn offsets_error(error: &OffsetsError) -> i16 {
     })
 }
 
+/// A maintenance window refuses produce requests (and, in full mode, fetches). NOT_ENOUGH_REPLICAS is retriable
+/// and needs no metadata refresh: producers keep the records and retry them with backoff until the window ends
+/// (or their `delivery.timeout.ms` runs out), so nothing is lost or duplicated.
+pub fn maintenance_produce() -> i16 {
+    code(ResponseError::NotEnoughReplicas)
+}
+
+/// A full maintenance window refuses fetches: LEADER_NOT_AVAILABLE is retriable, consumers back off and retry.
+pub fn maintenance_fetch() -> i16 {
+    code(ResponseError::LeaderNotAvailable)
+}
+
 /// The service is stopping: the client should look for the coordinator again (after the restart).
 pub fn shutting_down() -> i16 {
     code(ResponseError::NotCoordinator)
@@ -71,6 +83,22 @@ pub fn illegal_sasl_state() -> i16 {
 }
 
 /// The principal may not read, publish to, describe or create this topic.
+/// The topic's catalogue refuses the records: INVALID_RECORD (87) for events its validation policy refuses,
+/// POLICY_VIOLATION (44) for a read-only or retired topic (an authorization code would send the client
+/// looking for credentials). Neither is retriable; the error message says why.
+pub fn publish_refused(refusal: &esgf_events_catalogue::PublishRefusal) -> i16 {
+    code(match refusal {
+        esgf_events_catalogue::PublishRefusal::Invalid { .. } => ResponseError::InvalidRecord,
+        esgf_events_catalogue::PublishRefusal::ReadOnly { .. }
+        | esgf_events_catalogue::PublishRefusal::Retired { .. } => ResponseError::PolicyViolation,
+    })
+}
+
+/// The catalogue's state store failed while checking event ids: retriable.
+pub fn catalogue_unavailable() -> i16 {
+    code(ResponseError::KafkaStorageError)
+}
+
 pub fn topic_denied() -> i16 {
     code(ResponseError::TopicAuthorizationFailed)
 }

@@ -140,6 +140,8 @@ impl Broker {
                     let mut buf = BytesMut::new();
                     match records::encode_records(&read.records, &mut buf) {
                         Ok(()) => {
+                            let bytes = read.records.iter().map(|r| r.value.len() as u64).sum();
+                            esgf_events_ops::metrics::read(topic, "kafka", read.records.len() as u64, bytes);
                             total += buf.len();
                             slot.data.records = Some(buf.freeze());
                             slot.pending = false;

@@ -57,6 +57,9 @@ pub struct KafkaConfig {
     pub max_fetch_wait: Duration,
     /// The cluster id reported in Metadata.
     pub cluster_id: String,
+    /// Maintenance windows shared with HTTP: produce (and, in full mode, fetch) answer a retriable error while
+    /// one is active. `None`: never.
+    pub maintenance: Option<Arc<esgf_events_ops::MaintenanceState>>,
 }
 
 impl Default for KafkaConfig {
@@ -72,6 +75,7 @@ impl Default for KafkaConfig {
             max_produce_bytes: 64 << 20,
             max_fetch_wait: Duration::from_secs(30),
             cluster_id: "esgf-events".to_owned(),
+            maintenance: None,
         }
     }
 }
@@ -89,6 +93,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("max_produce_bytes", &self.max_produce_bytes)
             .field("max_fetch_wait", &self.max_fetch_wait)
             .field("cluster_id", &self.cluster_id)
+            .field("maintenance", &self.maintenance.is_some())
             .finish()
     }
 }
@@ -103,4 +108,7 @@ pub struct KafkaContext {
     pub auth: Option<Arc<Auth>>,
     pub offsets: GroupOffsets,
     pub config: KafkaConfig,
+    /// The topic catalogue: produce requests are checked against a topic's lifecycle state and validation
+    /// policy, and deduplicated by `metadata.event_id`, exactly as over HTTP. `None`: neither.
+    pub catalogue: Option<Arc<esgf_events_catalogue::Catalogue>>,
 }

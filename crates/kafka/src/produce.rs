@@ -232,6 +232,22 @@ impl Broker {
             }
         }
 
+        // The topic catalogue (lifecycle state, validation policy) refuses a partition's records before any
+        // append; the message says why (Produce v8+ carries it).
+        let mut messages: HashMap<usize, String> = HashMap::new();
+        if let Some(catalogue) = &self.ctx.catalogue {
+            for (index, item) in decoded.iter_mut().enumerate() {
+                let Ok(batches) = &item.result else { continue };
+                let topic = &request.topic_data[item.topic_index].name.0;
+                let values = batches.iter().flat_map(|b| &b.records).map(|r| r.value.as_ref());
+                if let Err(refusal) = catalogue.check_publish(topic, values) {
+                    debug!(topic = %topic, partition = item.partition, error = %refusal, "produce refused by the topic catalogue");
+                    item.result = Err(errors::publish_refused(&refusal));
+                    messages.insert(index, refusal.to_string());
+                }
+            }
+        }
+
         // The publish rate is charged for the whole request, all or nothing, before anything is appended.
         if let (Some(auth), Some(who)) = (&self.ctx.auth, &session.identity) {
             let (events, bytes) = decoded
@@ -257,14 +273,29 @@ impl Broker {
             }
         }
 
-        for item in decoded {
+        for (index, item) in decoded.into_iter().enumerate() {
             let topic = &request.topic_data[item.topic_index].name;
             let (error_code, base_offset) = match item.result {
                 Err(error) => (error, -1),
-                Ok(batches) => match self.append_partition(session, topic, item.partition, batches).await {
-                    Ok(offset) => (NONE, offset),
-                    Err(error) => (error, -1),
-                },
+                Ok(batches) => {
+                    let records = batches.iter().flat_map(|b| &b.records);
+                    let (events, bytes) =
+                        records.fold((0u64, 0u64), |(n, b), r| (n + 1, b + r.value.len() as u64));
+                    let started = Instant::now();
+                    match self.append_partition(session, topic, item.partition, batches).await {
+                        Ok(offset) => {
+                            esgf_events_ops::metrics::published(
+                                &topic.0,
+                                "kafka",
+                                events,
+                                bytes,
+                                started.elapsed(),
+                            );
+                            (NONE, offset)
+                        }
+                        Err(error) => (error, -1),
+                    }
+                }
             };
             let mut partition_response = produce_response::PartitionProduceResponse::default();
             partition_response.index = item.partition;
@@ -273,6 +304,11 @@ impl Broker {
             partition_response.log_append_time_ms = -1;
             if version >= 5 {
                 partition_response.log_start_offset = -1;
+            }
+            if version >= 8
+                && let Some(message) = messages.remove(&index)
+            {
+                partition_response.error_message = Some(message.into());
             }
             response.responses[item.topic_index].partition_responses.push(partition_response);
         }
@@ -333,7 +369,56 @@ impl Broker {
         }
     }
 
+    /// Appends, skipping records whose `metadata.event_id` was already published on the topic (see
+    /// `esgf_events_catalogue`): if every record is such a duplicate nothing is appended and the answer is the
+    /// original offset of the first; otherwise only the new records are appended (the base offset is theirs).
     async fn append(&self, topic: &TopicName, partition: u32, records: Vec<NewRecord>) -> Result<i64, i16> {
+        let Some(catalogue) = &self.ctx.catalogue else {
+            return self.append_new(topic, partition, records).await;
+        };
+        let retention = match self.ctx.store.describe_topic(topic).await {
+            Ok(info) => info.retention.max_age,
+            Err(e) => return Err(errors::store_error(&e)),
+        };
+        let texts: Vec<&str> = records.iter().map(|r| std::str::from_utf8(&r.value).unwrap_or("")).collect();
+        let dedupe = catalogue.find_duplicates(topic, texts, retention).await.map_err(|e| {
+            warn!(topic = %topic.0, error = %e, "event-id lookup failed");
+            errors::catalogue_unavailable()
+        })?;
+        if dedupe.iter().all(|d| *d != esgf_events_catalogue::Dedupe::New) {
+            let first = dedupe.iter().find_map(|d| match d {
+                esgf_events_catalogue::Dedupe::Duplicate(original) => Some(original.offset as i64),
+                _ => None,
+            });
+            debug!(topic = %topic.0, partition, "produce of already-published event ids: nothing appended");
+            return Ok(first.unwrap_or(-1));
+        }
+        let fresh: Vec<NewRecord> = records
+            .into_iter()
+            .zip(&dedupe)
+            .filter(|(_, d)| **d == esgf_events_catalogue::Dedupe::New)
+            .map(|(r, _)| r)
+            .collect();
+        let values: Vec<bytes::Bytes> = fresh.iter().map(|r| r.value.clone()).collect();
+        let base = self.append_new(topic, partition, fresh).await?;
+        let placed: Vec<(&str, u32, u64)> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (std::str::from_utf8(v).unwrap_or(""), partition, base as u64 + i as u64))
+            .collect();
+        // After the append: a crash in between lets one re-publish of these ids through (documented).
+        if let Err(e) = catalogue.record_event_ids(topic, placed).await {
+            warn!(topic = %topic.0, error = %e, "records appended but their event ids were not recorded");
+        }
+        Ok(base)
+    }
+
+    async fn append_new(
+        &self,
+        topic: &TopicName,
+        partition: u32,
+        records: Vec<NewRecord>,
+    ) -> Result<i64, i16> {
         match self.ctx.store.append(topic, partition, records).await {
             Ok(outcome) => Ok(outcome.base_offset as i64),
             Err(e) => {

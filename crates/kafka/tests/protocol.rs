@@ -53,6 +53,7 @@ async fn fixture_with(with_auth: bool, config: KafkaConfig) -> Fixture {
         auth: auth.clone(),
         offsets: GroupOffsets::new(meta),
         config,
+        catalogue: None,
     };
     Fixture { broker: Arc::new(Broker::new(ctx)), store, auth, _dir: dir }
 }

@@ -6,6 +6,7 @@
 //! and streams later. Callers serialize their own values. Like the log engine, this crate knows nothing of HTTP,
 //! Kafka or JSON.
 
+pub mod changelog;
 pub mod offsets;
 mod redb_store;
 

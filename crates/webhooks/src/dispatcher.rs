@@ -863,6 +863,7 @@ impl Run {
         match self.attempts(p, record, &webhook_id).await {
             Attempts::Stop => false,
             Attempts::Delivered { status, attempts } => {
+                metrics::counter!("esgf_events_webhook_deliveries_total", "outcome" => "delivered").increment(1);
                 self.delivered(&webhook_id, status, attempts);
                 self.advance(partition, record.offset + 1, false);
                 true
@@ -898,6 +899,7 @@ impl Run {
                     subscription = %self.shared.id, webhook_id, attempts, error = %letter.last_error,
                     "webhook delivery failed for good: event moved to the dead-letter list"
                 );
+                metrics::counter!("esgf_events_webhook_dead_letters_total").increment(1);
                 {
                     let mut status = self.shared.status();
                     status.dead_letters += 1;

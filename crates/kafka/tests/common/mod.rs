@@ -62,8 +62,13 @@ impl Server {
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let ctx =
-            KafkaContext { store: Arc::clone(&store), auth: auth.clone(), offsets: offsets.clone(), config };
+        let ctx = KafkaContext {
+            store: Arc::clone(&store),
+            auth: auth.clone(),
+            offsets: offsets.clone(),
+            config,
+            catalogue: None,
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(esgf_events_kafka::run(listener, ctx, async move {
             let _ = stopped.await;
