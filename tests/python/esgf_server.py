@@ -65,7 +65,9 @@ class EsgfServer:
 
     def start(self) -> "EsgfServer":
         assert self.process is None, "already running"
-        env = {**os.environ, "ESGF_EVENTS_OPERATOR_TOKEN": self.token, **self.env}
+        # The server refuses unknown ESGF_EVENTS_* variables (e.g. a test runner's ESGF_EVENTS_BIN): pass none on.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ESGF_EVENTS_")}
+        env.update({"ESGF_EVENTS_OPERATOR_TOKEN": self.token, **self.env})
         env.pop("RUST_LOG", None)
         args = [str(binary()), "serve", "--http-addr", "127.0.0.1:0", "--data-dir", str(self.data_dir),
                 "--log-format", "json", *self.extra_args]

@@ -16,6 +16,7 @@ use esgf_events_meta::{MetaError, MetaStore, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::credential::{TokenHash, check_external_token, check_name, generate_token};
+use crate::error::GroupAccessError;
 use crate::error::{AdminError, AuthError, Denied, RateLimited};
 use crate::model::{
     Action, AuditEntry, AuthConfig, AuthMethod, Bootstrap, CredentialInfo, Identity, OidcIdentity, Principal,
@@ -23,7 +24,6 @@ use crate::model::{
 };
 use crate::oidc::{Oidc, looks_like_jwt};
 use crate::rate::{AnonymousLimiter, PublishLimiter, check_spec};
-use crate::error::GroupAccessError;
 
 const PRINCIPALS: &str = "principals";
 const TOPIC_ACL: &str = "topic_acl";

@@ -742,7 +742,10 @@ impl ServeConfig {
         if let Some(SmtpUrl(url)) = &self.ops.smtp_url
             && !(url.starts_with("smtp://") || url.starts_with("smtps://"))
         {
-            return Err(ConfigError::Invalid { key: "ops.smtp_url", reason: "must be an smtp:// or smtps:// URL".into() });
+            return Err(ConfigError::Invalid {
+                key: "ops.smtp_url",
+                reason: "must be an smtp:// or smtps:// URL".into(),
+            });
         }
         let w = &self.webhooks;
         positive("webhooks.timeout", w.timeout.as_millis())?;

@@ -170,7 +170,13 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                     .collect()
             });
             let clock: Arc<dyn esgf_events_engine::Clock> = Arc::new(SystemClock);
-            match esgf_events_ops::mail::Mailer::new(mail, Arc::clone(&meta), Arc::clone(&announcements), contacts, clock) {
+            match esgf_events_ops::mail::Mailer::new(
+                mail,
+                Arc::clone(&meta),
+                Arc::clone(&announcements),
+                contacts,
+                clock,
+            ) {
                 Ok(mailer) => Some(Arc::new(mailer)),
                 Err(e) => {
                     close_store(store.as_ref()).await;

@@ -51,8 +51,9 @@ fn rate(n: usize, elapsed: Duration) -> f64 {
 
 async fn run() {
     let dir = tempfile::tempdir_in(std::env::current_dir().expect("cwd")).expect("tempdir");
-    let store: Arc<dyn LogStore> =
-        Arc::new(EmbeddedStore::open(EmbeddedConfig::new(dir.path().join("log")), Arc::new(SystemClock)).unwrap());
+    let store: Arc<dyn LogStore> = Arc::new(
+        EmbeddedStore::open(EmbeddedConfig::new(dir.path().join("log")), Arc::new(SystemClock)).unwrap(),
+    );
     let forever = Retention { max_age: None, max_bytes: None };
     for t in ["engine", "http", "kafka"] {
         store.create_topic(t, TopicConfig { partitions: 1, retention: forever }).await.unwrap();
@@ -71,7 +72,10 @@ async fn run() {
             for batch in chunk.chunks(100) {
                 let records = batch
                     .iter()
-                    .map(|(k, v)| NewRecord { key: Some(Bytes::from(k.clone())), ..NewRecord::from_value(v.clone()) })
+                    .map(|(k, v)| NewRecord {
+                        key: Some(Bytes::from(k.clone())),
+                        ..NewRecord::from_value(v.clone())
+                    })
                     .collect();
                 store.append("engine", 0, records).await.unwrap();
             }
@@ -197,7 +201,10 @@ async fn run() {
     let mut offset = 0;
     let mut n = 0;
     while n < EVENTS {
-        let r = store.read("kafka", 0, offset, ReadLimits { max_records: 10_000, max_bytes: 64 << 20 }).await.unwrap();
+        let r = store
+            .read("kafka", 0, offset, ReadLimits { max_records: 10_000, max_bytes: 64 << 20 })
+            .await
+            .unwrap();
         n += r.records.len();
         offset = r.next_offset;
     }
@@ -209,6 +216,10 @@ async fn run() {
     println!("Kafka produce (librdkafka, acks=all):      {produce:>10.0} events/s");
     println!("Kafka fetch (librdkafka consumer):          {fetch:>10.0} events/s");
     println!("engine replay:                              {replay:>10.0} events/s");
-    println!("ratios: Kafka produce / engine = {:.2}, Kafka produce / HTTP batch = {:.2}, Kafka fetch / engine replay = {:.3}",
-        produce / engine, produce / http_batch, fetch / replay);
+    println!(
+        "ratios: Kafka produce / engine = {:.2}, Kafka produce / HTTP batch = {:.2}, Kafka fetch / engine replay = {:.3}",
+        produce / engine,
+        produce / http_batch,
+        fetch / replay
+    );
 }

@@ -863,7 +863,8 @@ impl Run {
         match self.attempts(p, record, &webhook_id).await {
             Attempts::Stop => false,
             Attempts::Delivered { status, attempts } => {
-                metrics::counter!("esgf_events_webhook_deliveries_total", "outcome" => "delivered").increment(1);
+                metrics::counter!("esgf_events_webhook_deliveries_total", "outcome" => "delivered")
+                    .increment(1);
                 self.delivered(&webhook_id, status, attempts);
                 self.advance(partition, record.offset + 1, false);
                 true

@@ -861,7 +861,10 @@ async fn a_consumer_group_belongs_to_its_first_user_across_restarts() {
     }
     f.auth.claim_group(&operator(), "index-replica").await.expect("operators may use any group");
     f.auth.claim_group(&dkrz, "dkrz").await.unwrap();
-    assert!(matches!(f.auth.claim_group(&dkrz, "").await, Err(GroupAccessError::Store(AdminError::Invalid(_)))));
+    assert!(matches!(
+        f.auth.claim_group(&dkrz, "").await,
+        Err(GroupAccessError::Store(AdminError::Invalid(_)))
+    ));
 
     let Fixture { dir, clock, meta, auth } = f;
     drop((meta, auth));
