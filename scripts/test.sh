@@ -18,7 +18,7 @@ log() { printf '==> %s\n' "$*" >&2; }
 # --- Prerequisites: the one place to add apt/pip installs --------------------------------------------------
 # Add needs to the lists below; `ensure_apt` installs only what is missing (one apt-get call), and
 # `ensure_pip` likewise into .venv, so a rerun costs a few `dpkg -s` / `pip show` checks.
-APT_PACKAGES=()   # e.g. (python3-venv)
+APT_PACKAGES=(openssl)   # openssl: self-signed certificates for the SASL_SSL test
 # pytest + httpx: the Python harness (tests/python); confluent-kafka (librdkafka) and kafka-python: the Kafka
 # endpoint's compatibility tests (tests/python/kafka); httpx-sse and cloudevents: the event-stream tests
 # (tests/python/sse); standardwebhooks: signature checks of the webhook tests (tests/python/webhooks);

@@ -443,3 +443,43 @@ def test_every_acknowledged_record_survives_kill_9_under_an_acks_all_producer(tm
                     assert counts[n] == 1, f"acknowledged message {n} stored {counts[n]} times (seed {seed})"
     finally:
         srv.stop()
+
+
+def test_sasl_ssl_as_esgf_configures_it(tmp_path: Path):
+    """SASL_SSL with PLAIN, the way ESGF's index consumers connect, against a self-signed certificate."""
+    import subprocess
+
+    import httpx
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )
+    srv = EsgfServer(tmp_path / "data", new_operator_token(),
+                     extra_args=["--kafka-addr", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key)]).start()
+    try:
+        wait_until(lambda: "kafka_addr" in srv.addresses, what="the Kafka listener")
+        base = f"https://{srv.addresses['http_addr']}"
+        with httpx.Client(base_url=base, headers=srv.headers, verify=str(cert), timeout=30.0) as client:
+            assert client.post("/v1/topics", json={"name": "secure"}).status_code == 201
+            producer_token = client.post("/v1/producers", json={"name": "west", "topics": ["secure"]}).json()["token"]
+            consumer_token = client.post("/v1/consumers", json={"name": "idx", "topics": ["secure"]}).json()["token"]
+        tls = {"security.protocol": "SASL_SSL", "ssl.ca.location": str(cert)}
+        producer = Producer({**sasl(srv, "west", producer_token), **tls, "acks": "all"})
+        reports = produce_all(producer, "secure", [json.dumps(event(n)).encode() for n in range(5)])
+        assert all(err is None for err, _, _ in reports), reports
+        consumer = Consumer({**consumer_config(srv, "idx", consumer_token, "idx-group"), **tls})
+        consumer.subscribe(["secure"])
+        got = poll_values(consumer, 5)
+        assert [json.loads(m.value())["data"]["payload"]["item"]["id"] for m in got] == \
+            [f"CMIP6.item.{n}" for n in range(5)]
+        consumer.commit(asynchronous=False)
+        consumer.close()
+        # Without TLS the same listener does not talk.
+        plain = Producer({**sasl(srv, "west", producer_token), "message.timeout.ms": 3000})
+        failed = produce_all(plain, "secure", [b"{}"])
+        assert failed[0][0] is not None
+    finally:
+        srv.stop()
