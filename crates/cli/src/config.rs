@@ -16,6 +16,7 @@
 //! max_wait = "30s"                 # longest long-poll (`wait=`) a reader may ask for
 //! max_connections = 10000
 //! [storage]
+//! backend = "embedded"             # or NATS JetStream: "nats://n1:4222,nats://n2:4222,nats://n3:4222"
 //! data_dir = "./data"
 //! durability = "fsync"             # "fsync": fsync before every ack | "relaxed": see below
 //! relaxed_fsync_interval = "200ms"
@@ -52,6 +53,9 @@
 //! smtp_url = "smtps://user:pass@mail.example.org"   # mail announcements (ESGF_EVENTS_SMTP_URL); unset: no mail
 //! announce_to = ["esgf-announce@example.org"]       # ESGF_EVENTS_ANNOUNCE_TO (comma-separated)
 //! mail_from = "ESGF Event Service <events@example.org>"
+//! [nats]                           # used when storage.backend lists nats:// URLs
+//! replicas = 3                     # copies of every stream and bucket created from now on
+//! tls_ca_file = "/etc/esgf-events/nats-ca.pem"  # trust these CAs and require TLS [default: plain NATS]
 //! [tls]                            # both or neither; without it the server speaks plain HTTP
 //! cert_file = "/etc/esgf-events/tls/cert.pem"   # PEM chain, leaf first
 //! key_file = "/etc/esgf-events/tls/key.pem"     # PEM private key
@@ -61,7 +65,7 @@
 //! `relaxed_fsync_interval`: a machine crash (not a process crash) can lose that much acknowledged data.
 //!
 //! Environment variables are `ESGF_EVENTS_<SECTION>_<KEY>` in upper case (`ESGF_EVENTS_STORAGE_DURABILITY`),
-//! plus the alias `ESGF_EVENTS_DATA_DIR` for `storage.data_dir`. `RUST_LOG`, when set, takes the place of
+//! plus the aliases `ESGF_EVENTS_DATA_DIR` for `storage.data_dir` and `ESGF_EVENTS_STORAGE` for `storage.backend`. `RUST_LOG`, when set, takes the place of
 //! `log.level` (it beats `ESGF_EVENTS_LOG_LEVEL` and the file; `--log-level` still beats it). The client-side
 //! variables (`ESGF_EVENTS_SERVER`, `ESGF_EVENTS_TOKEN`, `ESGF_EVENTS_TOKEN_FILE`, `ESGF_EVENTS_CA_CERT`) and
 //! `ESGF_EVENTS_CONFIG` are ignored here. Durations use humantime syntax (`200ms`, `5m`, `7d`).
@@ -70,6 +74,8 @@
 //! belong in a file that is copied around and checked in). It must look like the tokens the server issues
 //! (`esgfev_` and at least [`MIN_OPERATOR_SECRET_CHARS`] URL-safe base64 characters), so a weak or mistyped
 //! value is refused at start-up instead of guarding the service. Its value never appears in an error or a log.
+//! Likewise the NATS servers' token comes from `ESGF_EVENTS_NATS_TOKEN` only, and the backend URLs may not
+//! carry credentials (`user:pass@`).
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -109,8 +115,14 @@ pub const MAX_OPERATOR_SECRET_CHARS: usize = 512;
 /// Short spelling of `ESGF_EVENTS_STORAGE_DATA_DIR`.
 const DATA_DIR_ALIAS: &str = "ESGF_EVENTS_DATA_DIR";
 
+/// Short spelling of `ESGF_EVENTS_STORAGE_BACKEND`.
+const BACKEND_ALIAS: &str = "ESGF_EVENTS_STORAGE";
+
+/// The NATS servers' token; secret, so environment only (see the module doc).
+pub const NATS_TOKEN_ENV: &str = "ESGF_EVENTS_NATS_TOKEN";
+
 /// Every server setting an environment variable can carry, by variable name.
-pub const ENV_VARS: [&str; 35] = [
+pub const ENV_VARS: [&str; 40] = [
     "ESGF_EVENTS_HTTP_ADDR",
     "ESGF_EVENTS_HTTP_MAX_EVENT_BYTES",
     "ESGF_EVENTS_HTTP_MAX_BATCH_EVENTS",
@@ -119,6 +131,11 @@ pub const ENV_VARS: [&str; 35] = [
     "ESGF_EVENTS_HTTP_MAX_CONNECTIONS",
     "ESGF_EVENTS_STORAGE_DATA_DIR",
     DATA_DIR_ALIAS,
+    "ESGF_EVENTS_STORAGE_BACKEND",
+    BACKEND_ALIAS,
+    "ESGF_EVENTS_NATS_REPLICAS",
+    "ESGF_EVENTS_NATS_TLS_CA_FILE",
+    NATS_TOKEN_ENV,
     "ESGF_EVENTS_STORAGE_DURABILITY",
     "ESGF_EVENTS_STORAGE_RELAXED_FSYNC_INTERVAL",
     "ESGF_EVENTS_STORAGE_SEGMENT_MAX_BYTES",
@@ -161,6 +178,87 @@ pub struct ServeConfig {
     pub kafka: KafkaSettings,
     pub webhooks: WebhookSettings,
     pub ops: OpsSettings,
+    pub nats: NatsSettings,
+}
+
+/// How the NATS JetStream backend is used (only when `storage.backend` is [`StorageBackend::Nats`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsSettings {
+    /// Copies of every stream and bucket created from now on; at most the number of JetStream nodes.
+    pub replicas: usize,
+    /// PEM CA certificates to trust; setting it makes TLS to the servers mandatory.
+    pub tls_ca_file: Option<PathBuf>,
+    /// From [`NATS_TOKEN_ENV`]; `None`: connect without credentials.
+    pub token: Option<NatsToken>,
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        NatsSettings { replicas: 3, tls_ca_file: None, token: None }
+    }
+}
+
+/// The NATS servers' token from the environment. `Debug` hides it, so no log or panic message can show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NatsToken(String);
+
+impl NatsToken {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for NatsToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NatsToken(<redacted>)")
+    }
+}
+
+/// Where topics, events and service state live.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StorageBackend {
+    /// The embedded log and `state.redb` in `storage.data_dir`: one node.
+    #[default]
+    Embedded,
+    /// A NATS JetStream cluster, by its servers' URLs: service nodes keep no state of their own.
+    Nats(Vec<String>),
+}
+
+impl FromStr for StorageBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim() == "embedded" {
+            return Ok(StorageBackend::Embedded);
+        }
+        let urls: Vec<String> =
+            s.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
+        if urls.is_empty() {
+            return Err("expected \"embedded\" or a comma-separated list of nats://host:port URLs".into());
+        }
+        for url in &urls {
+            // The URL is quoted in the message only once it is known to hold no credentials.
+            let Some(rest) = url.strip_prefix("nats://") else {
+                return Err("expected \"embedded\" or nats://host:port URLs (comma-separated)".into());
+            };
+            if rest.contains('@') {
+                return Err("NATS URLs must not carry credentials: set ESGF_EVENTS_NATS_TOKEN instead".into());
+            }
+            let authority = rest.split('/').next().unwrap_or("");
+            if authority.is_empty() {
+                return Err(format!("{url:?} names no host"));
+            }
+        }
+        Ok(StorageBackend::Nats(urls))
+    }
+}
+
+impl fmt::Display for StorageBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageBackend::Embedded => f.write_str("embedded"),
+            StorageBackend::Nats(urls) => f.write_str(&urls.join(",")),
+        }
+    }
 }
 
 /// The operations endpoints: metrics and maintenance windows.
@@ -248,6 +346,8 @@ pub struct HttpSettings {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageSettings {
+    pub backend: StorageBackend,
+    /// Local files: the embedded log and state store, or (NATS backend) just the generated operator token.
     pub data_dir: PathBuf,
     pub durability: DurabilityMode,
     /// Used only when `durability` is relaxed.
@@ -369,6 +469,7 @@ impl Default for ServeConfig {
                 max_connections: 10_000,
             },
             storage: StorageSettings {
+                backend: StorageBackend::Embedded,
                 data_dir: PathBuf::from("./data"),
                 durability: DurabilityMode::Fsync,
                 relaxed_fsync_interval: Duration::from_millis(200),
@@ -390,6 +491,7 @@ impl Default for ServeConfig {
             kafka: KafkaSettings::default(),
             webhooks: WebhookSettings::default(),
             ops: OpsSettings::default(),
+            nats: NatsSettings::default(),
         }
     }
 }
@@ -542,6 +644,9 @@ pub struct ServeFlags {
     /// Directory of the event log [default: ./data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// "embedded" (default) or NATS JetStream: comma-separated nats://host:port URLs of the cluster.
+    #[arg(long, value_name = "BACKEND")]
+    pub storage: Option<StorageBackend>,
     /// "fsync" (default: fsync before every acknowledgement) or "relaxed" (a machine crash can lose up to
     /// storage.relaxed_fsync_interval of acknowledged events).
     #[arg(long, value_name = "MODE")]
@@ -569,6 +674,7 @@ impl ServeFlags {
             http: HttpLayer { addr: self.http_addr, ..HttpLayer::default() },
             storage: StorageLayer {
                 data_dir: self.data_dir.clone(),
+                backend: self.storage.clone(),
                 durability: self.durability,
                 ..StorageLayer::default()
             },
@@ -578,7 +684,9 @@ impl ServeFlags {
             kafka: KafkaLayer { addr: self.kafka_addr, ..KafkaLayer::default() },
             webhooks: WebhooksLayer::default(),
             ops: OpsLayer::default(),
+            nats: NatsLayer::default(),
             operator_token: None,
+            nats_token: None,
         }
     }
 }
@@ -651,6 +759,7 @@ impl ServeConfig {
         set(&mut h.max_wait, layer.http.max_wait);
         set(&mut h.max_connections, layer.http.max_connections);
         set(&mut s.data_dir, layer.storage.data_dir);
+        set(&mut s.backend, layer.storage.backend);
         set(&mut s.durability, layer.storage.durability);
         set(&mut s.relaxed_fsync_interval, layer.storage.relaxed_fsync_interval);
         set(&mut s.segment_max_bytes, layer.storage.segment_max_bytes);
@@ -694,6 +803,13 @@ impl ServeConfig {
         if layer.operator_token.is_some() {
             a.operator_token = layer.operator_token;
         }
+        set(&mut self.nats.replicas, layer.nats.replicas);
+        if layer.nats.tls_ca_file.is_some() {
+            self.nats.tls_ca_file = layer.nats.tls_ca_file;
+        }
+        if layer.nats_token.is_some() {
+            self.nats.token = layer.nats_token;
+        }
     }
 
     /// Rejects values that parse but cannot work (a zero interval would spin, a zero limit rejects everything).
@@ -717,6 +833,10 @@ impl ServeConfig {
             positive("storage.dedupe_window", window.as_millis())?;
         }
         positive("storage.retention_check_interval", s.retention_check_interval.as_millis())?;
+        positive("nats.replicas", self.nats.replicas as u128)?;
+        if self.nats.tls_ca_file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+            return Err(ConfigError::Invalid { key: "nats.tls_ca_file", reason: "must not be empty".into() });
+        }
         if s.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid { key: "storage.data_dir", reason: "must not be empty".into() });
         }
@@ -817,8 +937,11 @@ struct Layer {
     kafka: KafkaLayer,
     webhooks: WebhooksLayer,
     ops: OpsLayer,
+    nats: NatsLayer,
     /// Environment only.
     operator_token: Option<OperatorToken>,
+    /// Environment only.
+    nats_token: Option<NatsToken>,
 }
 
 /// The file's shape. `version` is optional here only so that its absence gets its own message.
@@ -842,6 +965,16 @@ struct FileLayer {
     webhooks: WebhooksLayer,
     #[serde(default)]
     ops: OpsLayer,
+    #[serde(default)]
+    nats: NatsLayer,
+}
+
+/// No `token`: a secret comes from the environment only, so the key is refused as unknown.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NatsLayer {
+    replicas: Option<usize>,
+    tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -898,6 +1031,8 @@ struct HttpLayer {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StorageLayer {
+    #[serde(default, deserialize_with = "parsed")]
+    backend: Option<StorageBackend>,
     data_dir: Option<PathBuf>,
     #[serde(default, deserialize_with = "parsed")]
     durability: Option<DurabilityMode>,
@@ -1000,13 +1135,16 @@ fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
         kafka: file.kafka,
         webhooks: file.webhooks,
         ops: file.ops,
+        nats: file.nats,
         operator_token: None,
+        nats_token: None,
     })
 }
 
 fn env_layer(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result<Layer, ConfigError> {
     let mut layer = Layer::default();
     let mut data_dir_from: Option<&'static str> = None;
+    let mut backend_from: Option<&'static str> = None;
     let mut rust_log = None;
     for (name, value) in vars {
         if name == "RUST_LOG" {
@@ -1032,6 +1170,22 @@ fn env_layer(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result<Lay
                 OperatorToken::parse(token).map_err(|reason| ConfigError::InvalidOperatorToken { reason })?,
             );
             continue;
+        }
+        if known == NATS_TOKEN_ENV {
+            let token =
+                value.to_str().ok_or_else(|| ConfigError::EnvNotUnicode { name: known.to_owned() })?;
+            // The value is never quoted: it is a secret.
+            if token.trim().is_empty() {
+                return Err(ConfigError::Invalid { key: NATS_TOKEN_ENV, reason: "must not be empty".into() });
+            }
+            layer.nats_token = Some(NatsToken(token.to_owned()));
+            continue;
+        }
+        if known == BACKEND_ALIAS || known == "ESGF_EVENTS_STORAGE_BACKEND" {
+            if let Some(first) = backend_from {
+                return Err(ConfigError::ConflictingEnvVars { first, second: known });
+            }
+            backend_from = Some(known);
         }
         if known == DATA_DIR_ALIAS || known == "ESGF_EVENTS_STORAGE_DATA_DIR" {
             if let Some(first) = data_dir_from {
@@ -1073,6 +1227,9 @@ fn set_from_env(layer: &mut Layer, name: &'static str, value: &OsStr) -> Result<
         "ESGF_EVENTS_HTTP_MAX_CONNECTIONS" => h.max_connections = Some(parse_env(name, v)?),
         // A path need not be UTF-8.
         "ESGF_EVENTS_STORAGE_DATA_DIR" | DATA_DIR_ALIAS => s.data_dir = Some(PathBuf::from(value)),
+        "ESGF_EVENTS_STORAGE_BACKEND" | BACKEND_ALIAS => s.backend = Some(parse_env(name, v)?),
+        "ESGF_EVENTS_NATS_REPLICAS" => layer.nats.replicas = Some(parse_env(name, v)?),
+        "ESGF_EVENTS_NATS_TLS_CA_FILE" => layer.nats.tls_ca_file = Some(PathBuf::from(value)),
         "ESGF_EVENTS_STORAGE_DURABILITY" => s.durability = Some(parse_env(name, v)?),
         "ESGF_EVENTS_STORAGE_RELAXED_FSYNC_INTERVAL" => s.relaxed_fsync_interval = Some(parse_env(name, v)?),
         "ESGF_EVENTS_STORAGE_SEGMENT_MAX_BYTES" => s.segment_max_bytes = Some(parse_env(name, v)?),
@@ -1214,8 +1371,8 @@ mod tests {
     fn unknown_top_level_key_and_unknown_section_are_rejected() {
         let err = from_file("version = 1\nlisten = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");
-        let err = from_file("version = 1\n[nats]\nport = 4222\n").unwrap_err();
-        assert!(err.to_string().contains("nats"), "{err}");
+        let err = from_file("version = 1\n[cluster]\nport = 4222\n").unwrap_err();
+        assert!(err.to_string().contains("cluster"), "{err}");
         let err = from_file("version = 1\n[kafka]\nport = 9092\n").unwrap_err();
         assert!(err.to_string().contains("port"), "{err}");
     }
@@ -1329,6 +1486,11 @@ mod tests {
             ("ESGF_EVENTS_HTTP_MAX_CONNECTIONS", "1"),
             ("ESGF_EVENTS_STORAGE_DATA_DIR", "/d"),
             ("ESGF_EVENTS_DATA_DIR", "/d"),
+            ("ESGF_EVENTS_STORAGE_BACKEND", "nats://n1:4222"),
+            ("ESGF_EVENTS_STORAGE", "nats://n1:4222,nats://n2:4222"),
+            ("ESGF_EVENTS_NATS_REPLICAS", "1"),
+            ("ESGF_EVENTS_NATS_TLS_CA_FILE", "/ca.pem"),
+            (NATS_TOKEN_ENV, "nats-secret"),
             ("ESGF_EVENTS_STORAGE_DURABILITY", "relaxed"),
             ("ESGF_EVENTS_STORAGE_RELAXED_FSYNC_INTERVAL", "1s"),
             ("ESGF_EVENTS_STORAGE_SEGMENT_MAX_BYTES", "1"),
@@ -1610,6 +1772,81 @@ mod tests {
     fn zero_anonymous_rate_is_refused() {
         let err = from_file("version = 1\n[auth]\nanonymous_rate = 0\n").unwrap_err();
         assert!(matches!(err, ConfigError::Invalid { key: "auth.anonymous_rate", .. }), "{err:?}");
+    }
+
+    #[test]
+    fn storage_backend_defaults_to_embedded_and_takes_nats_urls_from_file_env_alias_and_flag() {
+        let c = ServeConfig::resolve(None, env(&[]), &ServeFlags::default()).unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::Embedded);
+        assert_eq!(c.nats, NatsSettings { replicas: 3, tls_ca_file: None, token: None });
+
+        let file = r#"
+            version = 1
+            [storage]
+            backend = "nats://a:4222, nats://b:4222"
+            [nats]
+            replicas = 1
+            tls_ca_file = "/etc/nats-ca.pem"
+        "#;
+        let c = from_file(file).unwrap();
+        let urls = |list: &[&str]| StorageBackend::Nats(list.iter().map(|u| (*u).to_owned()).collect());
+        assert_eq!(c.storage.backend, urls(&["nats://a:4222", "nats://b:4222"]));
+        assert_eq!(c.nats.replicas, 1);
+        assert_eq!(c.nats.tls_ca_file, Some(PathBuf::from("/etc/nats-ca.pem")));
+
+        let c =
+            ServeConfig::resolve(None, env(&[("ESGF_EVENTS_STORAGE", "nats://c:1")]), &ServeFlags::default())
+                .unwrap();
+        assert_eq!(c.storage.backend, urls(&["nats://c:1"]), "the short alias");
+
+        let flags = ServeFlags { storage: Some(StorageBackend::Embedded), ..ServeFlags::default() };
+        let c = ServeConfig::resolve(Some((Path::new("f.toml"), file)), env(&[]), &flags).unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::Embedded, "the flag beats the file");
+    }
+
+    #[test]
+    fn storage_backend_alias_and_long_name_together_conflict() {
+        let vars = env(&[("ESGF_EVENTS_STORAGE", "embedded"), ("ESGF_EVENTS_STORAGE_BACKEND", "embedded")]);
+        let err = ServeConfig::resolve(None, vars, &ServeFlags::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::ConflictingEnvVars { .. }), "{err}");
+    }
+
+    #[test]
+    fn storage_backends_other_than_embedded_or_nats_urls_are_refused() {
+        for bad in ["", " , ", "redis://a:1", "nats://", "kafka", "nats://a:1,http://b:2"] {
+            assert!(bad.parse::<StorageBackend>().is_err(), "{bad:?} accepted");
+        }
+        let err = from_file("version = 1\n[storage]\nbackend = \"sqlite\"\n").unwrap_err();
+        assert!(err.to_string().contains("backend"), "{err}");
+    }
+
+    #[test]
+    fn nats_urls_with_credentials_are_refused_without_quoting_them() {
+        let err = "nats://user:hunter2@a:4222".parse::<StorageBackend>().unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("ESGF_EVENTS_NATS_TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn nats_token_comes_from_the_environment_only_and_never_shows() {
+        let c = ServeConfig::resolve(None, env(&[(NATS_TOKEN_ENV, "s3cret-nats")]), &ServeFlags::default())
+            .unwrap();
+        assert_eq!(c.nats.token.as_ref().map(NatsToken::expose), Some("s3cret-nats"));
+        assert!(!format!("{c:?}").contains("s3cret-nats"), "Debug shows the token");
+
+        let err = from_file("version = 1\n[nats]\ntoken = \"s3cret-nats\"\n").unwrap_err();
+        assert!(err.to_string().contains("token"), "the file may not hold it: {err}");
+        let err =
+            ServeConfig::resolve(None, env(&[(NATS_TOKEN_ENV, " ")]), &ServeFlags::default()).unwrap_err();
+        assert!(err.to_string().contains(NATS_TOKEN_ENV), "{err}");
+    }
+
+    #[test]
+    fn unknown_nats_keys_and_zero_replicas_are_refused() {
+        let err = from_file("version = 1\n[nats]\nreplica = 3\n").unwrap_err();
+        assert!(err.to_string().contains("replica"), "{err}");
+        let err = from_file("version = 1\n[nats]\nreplicas = 0\n").unwrap_err();
+        assert!(err.to_string().contains("nats.replicas"), "{err}");
     }
 
     #[test]

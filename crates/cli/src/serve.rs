@@ -1,4 +1,9 @@
-//! `esgf-events serve`: the HTTP API over the embedded log, with its lifecycle.
+//! `esgf-events serve`: the HTTP API over the embedded log (or NATS JetStream), with its lifecycle.
+//!
+//! Storage: `storage.backend = "embedded"` keeps the log and the state store in `storage.data_dir`. With NATS
+//! URLs instead, the server connects once and keeps both in the JetStream cluster ([`esgf_events_nats`]), so a
+//! service node holds no state of its own and several can serve the same topics; the data directory then only
+//! holds a generated `operator.token`. Everything above storage takes the same trait objects either way.
 //!
 //! Start-up: install logging (text or JSON, to stderr), load the TLS certificate if one is configured (before
 //! anything slow, so a bad file fails at once), open the log (crash recovery happens here, on a blocking thread),
@@ -43,13 +48,16 @@ use esgf_events_auth::{Auth, AuthConfig, Bootstrap, JwksSource, OidcIssuerConfig
 use esgf_events_engine::{Durability, EmbeddedConfig, EmbeddedStore, LogStore, Retention, SystemClock};
 use esgf_events_http::HttpConfig;
 use esgf_events_meta::{MetaStore, RedbMetaStore};
+use esgf_events_nats::{JetStreamMeta, JetStreamStore, NatsAuth, NatsClient, NatsConfig};
 use esgf_events_webhooks::{Dispatcher, WebhookConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{DurabilityMode, JwksLocation, LogFormat, LogSettings, ServeConfig, format_duration};
+use crate::config::{
+    DurabilityMode, JwksLocation, LogFormat, LogSettings, ServeConfig, StorageBackend, format_duration,
+};
 
 /// How much longer than the longest long-poll the drain may take before the server stops waiting.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -66,6 +74,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     crate::install_crypto_provider();
     info!(
         version = env!("CARGO_PKG_VERSION"),
+        // The URLs carry no credentials (the configuration refuses them); the token is never logged.
+        storage = %config.storage.backend,
         data_dir = %config.storage.data_dir.display(),
         durability = %config.storage.durability,
         default_retention = %config.storage.default_retention,
@@ -86,8 +96,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         None => None,
     };
 
-    let store = open_store(&config).await?;
-    let (auth, meta) = match open_auth(&config).await {
+    let nats = match &config.storage.backend {
+        StorageBackend::Embedded => None,
+        StorageBackend::Nats(servers) => Some(connect_nats(&config, servers).await?),
+    };
+    let store = open_store(&config, nats.as_ref()).await?;
+    let (auth, meta) = match open_auth(&config, nats.as_ref()).await {
         Ok(opened) => opened,
         Err(e) => {
             close_store(store.as_ref()).await;
@@ -378,7 +392,47 @@ pub fn http_config(config: &ServeConfig) -> HttpConfig {
     }
 }
 
-async fn open_store(config: &ServeConfig) -> anyhow::Result<Arc<dyn LogStore>> {
+/// The NATS backend's settings, from the service's.
+pub fn nats_config(config: &ServeConfig, servers: &[String]) -> NatsConfig {
+    let n = &config.nats;
+    NatsConfig {
+        servers: servers.to_vec(),
+        auth: n.token.as_ref().map_or(NatsAuth::None, |t| NatsAuth::Token(t.expose().to_owned())),
+        tls_ca_file: n.tls_ca_file.clone(),
+        // A CA file means the operator wants TLS: never fall back to plain text.
+        require_tls: n.tls_ca_file.is_some(),
+        connection_name: format!("esgf-events {}", env!("CARGO_PKG_VERSION")),
+        replicas: n.replicas,
+        ..NatsConfig::default()
+    }
+}
+
+/// Connects once to the cluster; the log and the state store share the connection.
+async fn connect_nats(config: &ServeConfig, servers: &[String]) -> anyhow::Result<(NatsClient, NatsConfig)> {
+    let nats = nats_config(config, servers);
+    info!(
+        servers = %servers.join(","),
+        replicas = nats.replicas,
+        tls = nats.require_tls,
+        token = config.nats.token.is_some(),
+        "connecting to NATS JetStream"
+    );
+    let client = esgf_events_nats::connect(&nats).await.context("cannot connect to the NATS cluster")?;
+    Ok((client, nats))
+}
+
+async fn open_store(
+    config: &ServeConfig,
+    nats: Option<&(NatsClient, NatsConfig)>,
+) -> anyhow::Result<Arc<dyn LogStore>> {
+    if let Some((client, nats)) = nats {
+        let started = Instant::now();
+        let store = JetStreamStore::open(client.clone(), nats.clone(), Arc::new(SystemClock))
+            .await
+            .context("cannot open the event log on NATS JetStream")?;
+        info!(elapsed_ms = started.elapsed().as_millis() as u64, "event log open (NATS JetStream)");
+        return Ok(Arc::new(store));
+    }
     let engine = engine_config(config);
     let data_dir = engine.data_dir.clone();
     info!(data_dir = %data_dir.display(), "opening event log");
@@ -419,15 +473,31 @@ pub fn auth_config(config: &ServeConfig) -> AuthConfig {
 }
 
 /// Opens the state store and access control on it, and makes sure an operator credential exists.
-async fn open_auth(config: &ServeConfig) -> anyhow::Result<(Arc<Auth>, Arc<dyn MetaStore>)> {
+async fn open_auth(
+    config: &ServeConfig,
+    nats: Option<&(NatsClient, NatsConfig)>,
+) -> anyhow::Result<(Arc<Auth>, Arc<dyn MetaStore>)> {
     let data_dir = &config.storage.data_dir;
-    let state_path = data_dir.join(STATE_FILE);
-    let path = state_path.clone();
-    let meta = tokio::task::spawn_blocking(move || RedbMetaStore::open(&path))
-        .await
-        .context("the thread opening the state store failed")?
-        .with_context(|| format!("cannot open the state store {}", state_path.display()))?;
-    let meta: Arc<dyn MetaStore> = Arc::new(meta);
+    let meta: Arc<dyn MetaStore> = match nats {
+        Some((client, nats)) => {
+            // Nothing else creates the directory on this backend, and the generated token may go there.
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+            let meta = JetStreamMeta::open(client.clone(), nats.clone())
+                .await
+                .context("cannot open the state store on NATS JetStream")?;
+            Arc::new(meta)
+        }
+        None => {
+            let state_path = data_dir.join(STATE_FILE);
+            let path = state_path.clone();
+            let meta = tokio::task::spawn_blocking(move || RedbMetaStore::open(&path))
+                .await
+                .context("the thread opening the state store failed")?
+                .with_context(|| format!("cannot open the state store {}", state_path.display()))?;
+            Arc::new(meta)
+        }
+    };
     let auth =
         Auth::open(Arc::clone(&meta), auth_config(config)).await.context("cannot start access control")?;
 
@@ -482,8 +552,9 @@ async fn start_webhooks(
     http_addr: SocketAddr,
 ) -> anyhow::Result<Arc<Dispatcher>> {
     let state_path = config.storage.data_dir.join(STATE_FILE);
+    // Only the embedded backend has a local state file; on NATS the secrets are in the cluster's bucket.
     #[cfg(unix)]
-    {
+    if config.storage.backend == StorageBackend::Embedded {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&state_path, std::fs::Permissions::from_mode(0o600)).with_context(|| {
             format!("cannot restrict the state file {} to mode 0600", state_path.display())
@@ -626,6 +697,25 @@ mod tests {
         TopicConfig, TopicInfo,
     };
     use tokio::sync::mpsc;
+
+    #[test]
+    fn nats_backend_gets_the_token_replicas_and_mandatory_tls_with_a_ca_file() {
+        let env = [("ESGF_EVENTS_NATS_TOKEN", "t0ken"), ("ESGF_EVENTS_NATS_REPLICAS", "1")]
+            .map(|(k, v)| (std::ffi::OsString::from(k), std::ffi::OsString::from(v)));
+        let mut config = ServeConfig::resolve(None, env, &crate::config::ServeFlags::default()).unwrap();
+        let servers = vec!["nats://a:4222".to_owned(), "nats://b:4222".to_owned()];
+        let nats = nats_config(&config, &servers);
+        assert_eq!(nats.servers, servers);
+        assert!(matches!(&nats.auth, NatsAuth::Token(t) if t == "t0ken"));
+        assert_eq!(nats.replicas, 1);
+        assert!(!nats.require_tls && nats.tls_ca_file.is_none());
+
+        config.nats.tls_ca_file = Some("/ca.pem".into());
+        config.nats.token = None;
+        let nats = nats_config(&config, &servers);
+        assert!(nats.require_tls, "a CA file makes TLS mandatory");
+        assert!(matches!(nats.auth, NatsAuth::None));
+    }
 
     #[test]
     fn engine_gets_the_storage_settings() {

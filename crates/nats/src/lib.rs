@@ -91,6 +91,8 @@ mod config;
 mod kv;
 mod log;
 mod meta;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use async_nats::Client as NatsClient;
 pub use config::{ConnectError, NatsAuth, NatsConfig, connect};
