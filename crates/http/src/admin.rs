@@ -18,9 +18,7 @@ use serde::Serialize;
 
 use crate::SharedState;
 use crate::access::Caller;
-use crate::body::{
-    QueryPairs, check_query, invalid_param, path_param, query_pairs, query_value, read_body, require_json,
-};
+use crate::body::{QueryPairs, check_query, invalid_param, json_body, path_param, query_pairs, query_value};
 use crate::error::ApiError;
 
 /// A registration or update body is a few fields; anything larger is not one.
@@ -88,10 +86,7 @@ pub(crate) async fn register(
     let auth = require_auth(&state)?;
     let actor = actor(&caller)?;
     check_query(&query_pairs(query)?, &[])?;
-    require_json(&headers)?;
-    let body = read_body(&headers, body, MAX_ADMIN_BODY_BYTES).await?;
-    let registration: Registration =
-        serde_json::from_slice(&body).map_err(|err| ApiError::bad_body("registration", &err))?;
+    let registration: Registration = json_body(&headers, body, MAX_ADMIN_BODY_BYTES, "registration").await?;
 
     let (principal, secret) = auth.register(role, registration, actor).await?;
     tracing::info!(role = singular(role), name = %principal.name, actor = %actor.name, "principal registered");
@@ -138,10 +133,7 @@ pub(crate) async fn update(
     let actor = actor(&caller)?;
     let name = path_param(path)?;
     check_query(&query_pairs(query)?, &[])?;
-    require_json(&headers)?;
-    let body = read_body(&headers, body, MAX_ADMIN_BODY_BYTES).await?;
-    let change: PrincipalUpdate =
-        serde_json::from_slice(&body).map_err(|err| ApiError::bad_body("principal update", &err))?;
+    let change: PrincipalUpdate = json_body(&headers, body, MAX_ADMIN_BODY_BYTES, "principal update").await?;
 
     let principal = auth.update(role, &name, change, actor).await?;
     tracing::info!(role = singular(role), %name, actor = %actor.name, "principal updated");

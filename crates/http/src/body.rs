@@ -38,6 +38,18 @@ pub(crate) async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize)
     Ok(buf.freeze())
 }
 
+/// Reads a JSON request body of at most `limit` bytes as a `T`; `what` names the document in errors.
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    what: &str,
+) -> Result<T, ApiError> {
+    require_json(headers)?;
+    let bytes = read_body(headers, body, limit).await?;
+    serde_json::from_slice(&bytes).map_err(|err| ApiError::bad_body(what, &err))
+}
+
 /// Accepts `application/json` and any `+json` type; a missing `Content-Type` is taken as JSON so plain
 /// `curl --data-binary` works, but an explicit non-JSON type (a form, say) is a client mistake worth naming.
 pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {

@@ -25,7 +25,7 @@ use esgf_events_meta::offsets::{GroupOffsets, OffsetCommit};
 use serde::{Deserialize, Serialize};
 
 use crate::access::Caller;
-use crate::body::{QueryPairs, check_query, path_param, query_pairs, read_body, require_json};
+use crate::body::{QueryPairs, check_query, json_body, path_param, query_pairs};
 use crate::error::ApiError;
 use crate::topics::format_timestamp;
 use crate::{AppState, SharedState};
@@ -143,10 +143,7 @@ pub(crate) async fn commit(
 ) -> Result<Response, ApiError> {
     let group = path_param(path)?;
     check_query(&query_pairs(query)?, &[])?;
-    require_json(&headers)?;
-    let body = read_body(&headers, body, MAX_COMMIT_BODY_BYTES).await?;
-    let request: CommitRequest =
-        serde_json::from_slice(&body).map_err(|err| ApiError::bad_body("offset commit", &err))?;
+    let request: CommitRequest = json_body(&headers, body, MAX_COMMIT_BODY_BYTES, "offset commit").await?;
     let entries = request.entries()?;
     if entries.len() > MAX_COMMIT_ENTRIES {
         return Err(ApiError::InvalidRequest(format!(

@@ -25,7 +25,7 @@ use serde_json::json;
 use crate::SharedState;
 use crate::access::Caller;
 use crate::admin::{actor, record};
-use crate::body::{QueryPairs, check_query, path_param, query_pairs, read_body, require_json};
+use crate::body::{QueryPairs, check_query, json_body, path_param, query_pairs};
 use crate::error::ApiError;
 use crate::routes::{Access, RouteSpec};
 
@@ -187,11 +187,9 @@ pub(crate) async fn schedule(
     body: Body,
 ) -> Result<Response, ApiError> {
     check_query(&query_pairs(query)?, &[])?;
-    require_json(&headers)?;
     let m = maintenance(&state)?;
-    let body = read_body(&headers, body, MAX_MAINTENANCE_BODY_BYTES).await?;
     let request: ScheduleRequest =
-        serde_json::from_slice(&body).map_err(|err| ApiError::bad_body("maintenance window", &err))?;
+        json_body(&headers, body, MAX_MAINTENANCE_BODY_BYTES, "maintenance window").await?;
     check_message(&request.message)?;
     let window = m
         .schedule(NewWindow {
@@ -224,11 +222,9 @@ pub(crate) async fn update(
 ) -> Result<Response, ApiError> {
     let id = path_param(path)?;
     check_query(&query_pairs(query)?, &[])?;
-    require_json(&headers)?;
     let m = maintenance(&state)?;
-    let body = read_body(&headers, body, MAX_MAINTENANCE_BODY_BYTES).await?;
     let request: PatchRequest =
-        serde_json::from_slice(&body).map_err(|err| ApiError::bad_body("maintenance change", &err))?;
+        json_body(&headers, body, MAX_MAINTENANCE_BODY_BYTES, "maintenance change").await?;
     if let Some(message) = &request.message {
         check_message(message)?;
     }
@@ -326,11 +322,9 @@ pub(crate) async fn announce(
     body: Body,
 ) -> Result<Response, ApiError> {
     check_query(&query_pairs(query)?, &[])?;
-    require_json(&headers)?;
     let store = announcements(&state)?;
-    let body = read_body(&headers, body, MAX_ANNOUNCEMENT_BODY_BYTES).await?;
     let request: AnnounceRequest =
-        serde_json::from_slice(&body).map_err(|err| ApiError::bad_body("announcement", &err))?;
+        json_body(&headers, body, MAX_ANNOUNCEMENT_BODY_BYTES, "announcement").await?;
     let published = store
         .publish(NewAnnouncement {
             kind: request.kind,

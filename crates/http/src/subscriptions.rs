@@ -33,9 +33,7 @@ use serde::Serialize;
 
 use crate::SharedState;
 use crate::access::Caller;
-use crate::body::{
-    QueryPairs, check_query, invalid_param, path_param, query_pairs, query_value, read_body, require_json,
-};
+use crate::body::{QueryPairs, check_query, invalid_param, json_body, path_param, query_pairs, query_value};
 use crate::error::ApiError;
 
 /// A subscription request is a few short fields.
@@ -120,10 +118,8 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     let control = control(&state)?;
     check_query(&query_pairs(query)?, &[])?;
-    require_json(&headers)?;
-    let body = read_body(&headers, body, MAX_SUBSCRIPTION_BODY_BYTES).await?;
     let request: NewSubscription =
-        serde_json::from_slice(&body).map_err(|err| ApiError::bad_body("subscription", &err))?;
+        json_body(&headers, body, MAX_SUBSCRIPTION_BODY_BYTES, "subscription").await?;
 
     let owner = principal(&state, &caller)?;
     if let (Who::Owner(who), Some(auth)) = (&owner, &state.auth) {
