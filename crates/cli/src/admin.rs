@@ -2,7 +2,9 @@
 //!
 //! - `admin producer|consumer add|list|show|grant|set|rotate|revoke`: who may publish to and read which topics;
 //! - `admin topic public NAME true|false`: whether a topic is readable without credentials;
-//! - `admin audit [--follow]`: the append-only record of operator actions and authentication failures.
+//! - `admin audit [--follow]`: the append-only record of operator actions and authentication failures;
+//! - `admin maintenance`, `admin announce`, `admin recipients`, `admin deliveries`: operations (maintenance
+//!   windows, announcements and their mailing list; see [`crate::admin_ops`]).
 //!
 //! Every call needs the operator token (see [`crate::client`] for where it is looked up). A new token (from `add`
 //! or `rotate`) is shown exactly once: printed, or written with `--out FILE` to a file only its owner can read.
@@ -47,6 +49,14 @@ pub enum AdminCommand {
     Topic(TopicAccessArgs),
     /// Print the audit log: operator actions and authentication failures, oldest first.
     Audit(AuditArgs),
+    /// Planned maintenance windows: list, schedule, change, cancel.
+    Maintenance(crate::admin_ops::MaintenanceArgs),
+    /// Publish an announcement (web page, Atom feed, and mail to the announcement list).
+    Announce(crate::admin_ops::AnnounceArgs),
+    /// The announcement mailing list: list, add and remove members.
+    Recipients(crate::admin_ops::RecipientsArgs),
+    /// Each announcement mail's state per recipient.
+    Deliveries(JsonFlag),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -287,6 +297,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::Audit(audit) => run_audit(&client, &audit).await,
+        AdminCommand::Maintenance(m) => crate::admin_ops::run_maintenance(&client, m.command).await,
+        AdminCommand::Announce(a) => crate::admin_ops::run_announce(&client, a).await,
+        AdminCommand::Recipients(r) => crate::admin_ops::run_recipients(&client, r.command).await,
+        AdminCommand::Deliveries(flags) => crate::admin_ops::run_deliveries(&client, flags.json).await,
     }
 }
 

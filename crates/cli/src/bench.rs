@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
 
+mod backends;
 mod sse;
 mod webhooks;
 
@@ -61,10 +62,39 @@ pub struct BenchArgs {
     /// Also write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// What to measure: `service` (the engine, HTTP, replay, SSE, webhooks, restart against the disk baseline)
+    /// or `backends` (the embedded engine, the NATS JetStream backend with 1 and 3 replicas and raw JetStream
+    /// publishing on the same servers; needs nats-server >= 2.12 on PATH or in $NATS_SERVER_BIN).
+    #[arg(long, value_enum, default_value = "service")]
+    pub suite: Suite,
+    /// `--suite backends`: events each target writes per cell [default: 20000, or 2000 with --quick].
+    #[arg(long, value_name = "N")]
+    pub events: Option<u64>,
+    /// `--suite backends`: which cells to measure: `store` (appends through the storage interface against raw
+    /// JetStream), `http` (publishes through the HTTP API against raw JetStream), or both.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "store,http")]
+    pub levels: Vec<BackendLevel>,
+}
+
+/// The cells of `bench --suite backends`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendLevel {
+    Store,
+    Http,
+}
+
+/// The measurement suites of `esgf-events bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Suite {
+    Service,
+    Backends,
 }
 
 /// Runs every measurement, prints the table to stdout (progress goes to stderr) and writes `--json`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.suite == Suite::Backends {
+        return backends::run(args).await;
+    }
     let plan = Plan::from_args(&args)?;
     let (ids, id_source) = load_dataset_ids(args.fixtures.as_deref())?;
     let pool = Arc::new(EventPool::build(&ids));
@@ -963,6 +993,7 @@ impl InProcessServer {
             webhooks: None,
             ops: Default::default(),
             catalogue: None,
+            cluster: None,
         };
         let task = tokio::spawn(esgf_events_http::serve(listener, server, async move {
             // Either a stop request or the sender dropping on an error path: both mean stop.

@@ -28,6 +28,8 @@ pub enum Command {
     Publish(PublishArgs),
     /// Print a topic's events to stdout as NDJSON.
     Consume(ConsumeArgs),
+    /// Watch a service from outside: announce unplanned downtime by mail and record incidents on it.
+    Monitor(crate::monitor::MonitorArgs),
     /// Access control (operators): producers, consumers, public topics, the audit log.
     Admin(crate::admin::AdminArgs),
     /// Measure the engine, the HTTP API and the disk baseline (see README "Benchmarks").
@@ -65,6 +67,30 @@ mod tests {
             let Command::Topic(topic) = Cli::try_parse_from(args).unwrap().command else { panic!() };
             assert_eq!(topic.server.server, "http://h:1");
         }
+    }
+
+    #[test]
+    fn monitor_flags_parse_with_short_durations() {
+        let cli = Cli::try_parse_from([
+            "esgf-events",
+            "monitor",
+            "--target",
+            "http://127.0.0.1:8080",
+            "--threshold",
+            "2s",
+            "--interval",
+            "200ms",
+            "--announce-to",
+            "a@example.org,b@example.org",
+        ])
+        .unwrap();
+        let Command::Monitor(args) = cli.command else { panic!() };
+        assert_eq!(args.threshold, std::time::Duration::from_secs(2));
+        assert_eq!(args.interval, std::time::Duration::from_millis(200));
+        assert_eq!(args.announce_to, ["a@example.org", "b@example.org"]);
+        let defaults = Cli::try_parse_from(["esgf-events", "monitor", "--target", "http://h"]).unwrap();
+        let Command::Monitor(args) = defaults.command else { panic!() };
+        assert_eq!((args.threshold.as_secs(), args.interval.as_secs()), (600, 30));
     }
 
     #[test]

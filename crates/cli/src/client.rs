@@ -420,6 +420,17 @@ impl Client {
         body: Option<Bytes>,
         timeout: Duration,
     ) -> Result<Bytes, ClientError> {
+        self.send_with_status(method, url, body, timeout).await.map(|(_, body)| body)
+    }
+
+    /// [`Client::send`], also returning the success status (some answers differ only in it: 201 and 200).
+    async fn send_with_status(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         let mut request = self.http.request(method, url.clone()).timeout(timeout);
         if let Some(authorization) = &self.authorization {
             request = request.header(reqwest::header::AUTHORIZATION, authorization.clone());
@@ -453,7 +464,27 @@ impl Client {
             body.extend_from_slice(&chunk);
         }
         let body = body.freeze();
-        if status.is_success() { Ok(body) } else { Err(error_from_response(status, &body, retry_after)) }
+        if status.is_success() {
+            Ok((status, body))
+        } else {
+            Err(error_from_response(status, &body, retry_after))
+        }
+    }
+
+    /// A request with an optional JSON body to the path `segments` (each percent-encoded) under the server's
+    /// base; the success status and the answer as JSON (`null` when it is empty, as a 204's is). For the
+    /// operations commands (`admin maintenance|announce|recipients|deliveries`), whose output is generic.
+    pub async fn request_json(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: Option<&serde_json::Value>,
+    ) -> Result<(StatusCode, WithRaw<serde_json::Value>), ClientError> {
+        let body = body.map(|value| Bytes::from(value.to_string()));
+        let (status, raw) =
+            self.send_with_status(method, self.url(segments, &[]), body, REQUEST_TIMEOUT).await?;
+        let value = if raw.is_empty() { serde_json::Value::Null } else { decode(status, &raw)? };
+        Ok((status, WithRaw { value, raw }))
     }
 
     async fn send_json<T: DeserializeOwned>(

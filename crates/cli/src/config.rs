@@ -49,13 +49,17 @@
 //! [ops]                            # operations endpoints
 //! metrics = true                   # serve GET /metrics (Prometheus text); false: 501
 //! maintenance_notice = "7d"        # least notice for a maintenance window unless forced
-//! public_url = "https://events.example.org"   # base of the Atom feeds' links [default: the request's Host]
+//! public_url = "https://events.example.org"   # base of feed links and mail unsubscribe links
 //! smtp_url = "smtps://user:pass@mail.example.org"   # mail announcements (ESGF_EVENTS_SMTP_URL); unset: no mail
 //! announce_to = ["esgf-announce@example.org"]       # ESGF_EVENTS_ANNOUNCE_TO (comma-separated)
 //! mail_from = "ESGF Event Service <events@example.org>"
 //! [nats]                           # used when storage.backend lists nats:// URLs
 //! replicas = 3                     # copies of every stream and bucket created from now on
 //! tls_ca_file = "/etc/esgf-events/nats-ca.pem"  # trust these CAs and require TLS [default: plain NATS]
+//! [cluster]                        # several nodes sharing one NATS backend (one node: nothing to set)
+//! node_id = "east-1"               # unique per node (ESGF_EVENTS_NODE_ID) [default: <hostname>-<6 random hex>]
+//! lease_ttl = "10s"                # single-owner work (webhooks, mail, ...) moves this long after its node died
+//! lease_renew = "3s"               # how often the owner renews; at most half of lease_ttl
 //! [tls]                            # both or neither; without it the server speaks plain HTTP
 //! cert_file = "/etc/esgf-events/tls/cert.pem"   # PEM chain, leaf first
 //! key_file = "/etc/esgf-events/tls/key.pem"     # PEM private key
@@ -122,7 +126,7 @@ const BACKEND_ALIAS: &str = "ESGF_EVENTS_STORAGE";
 pub const NATS_TOKEN_ENV: &str = "ESGF_EVENTS_NATS_TOKEN";
 
 /// Every server setting an environment variable can carry, by variable name.
-pub const ENV_VARS: [&str; 40] = [
+pub const ENV_VARS: [&str; 43] = [
     "ESGF_EVENTS_HTTP_ADDR",
     "ESGF_EVENTS_HTTP_MAX_EVENT_BYTES",
     "ESGF_EVENTS_HTTP_MAX_BATCH_EVENTS",
@@ -152,6 +156,9 @@ pub const ENV_VARS: [&str; 40] = [
     OPERATOR_TOKEN_ENV,
     "ESGF_EVENTS_KAFKA_ADDR",
     "ESGF_EVENTS_KAFKA_ADVERTISED_HOST",
+    "ESGF_EVENTS_NODE_ID",
+    "ESGF_EVENTS_CLUSTER_LEASE_TTL",
+    "ESGF_EVENTS_CLUSTER_LEASE_RENEW",
     "ESGF_EVENTS_WEBHOOKS_TIMEOUT",
     "ESGF_EVENTS_WEBHOOKS_MAX_ATTEMPTS",
     "ESGF_EVENTS_WEBHOOKS_MAX_AGE",
@@ -179,6 +186,44 @@ pub struct ServeConfig {
     pub webhooks: WebhookSettings,
     pub ops: OpsSettings,
     pub nats: NatsSettings,
+    pub cluster: ClusterSettings,
+}
+
+/// This node's identity among service nodes sharing one backend, and the leases that give work which must
+/// happen once to exactly one of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// `None`: `<hostname>-<6 random hex digits>`, chosen anew at every start.
+    pub node_id: Option<String>,
+    /// How long a lease outlives its holder's last renewal: the longest single-owner work pauses after the
+    /// holder dies.
+    pub lease_ttl: Duration,
+    /// How often the holder renews (at most half of `lease_ttl`).
+    pub lease_renew: Duration,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            node_id: None,
+            lease_ttl: Duration::from_secs(10),
+            lease_renew: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Longest node id: it names a key in the backend's state buckets.
+pub const MAX_NODE_ID_LEN: usize = 64;
+
+/// A node id is a key in NATS key-value buckets and shows in logs: letters, digits, `.`, `_` and `-` only.
+fn check_node_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_NODE_ID_LEN {
+        return Err(format!("must be 1 to {MAX_NODE_ID_LEN} characters"));
+    }
+    if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err(format!("{id:?} may contain only ASCII letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
 }
 
 /// How the NATS JetStream backend is used (only when `storage.backend` is [`StorageBackend::Nats`]).
@@ -268,7 +313,8 @@ pub struct OpsSettings {
     pub metrics: bool,
     /// The least notice a maintenance window needs unless forced.
     pub maintenance_notice: Duration,
-    /// The service's public base URL, for absolute links in feeds; `None`: each request's `Host`.
+    /// The service's public base URL, for absolute links in feeds (`None`: each request's `Host`) and the
+    /// unsubscribe links of announcement mail (`None`: mail goes out without one).
     pub public_url: Option<String>,
     /// Where announcements are mailed from; `None`: no mail.
     pub smtp_url: Option<SmtpUrl>,
@@ -492,6 +538,7 @@ impl Default for ServeConfig {
             webhooks: WebhookSettings::default(),
             ops: OpsSettings::default(),
             nats: NatsSettings::default(),
+            cluster: ClusterSettings::default(),
         }
     }
 }
@@ -666,6 +713,9 @@ pub struct ServeFlags {
     /// Also serve the Kafka protocol on this address (SASL/PLAIN; TLS when --tls-cert is set).
     #[arg(long, value_name = "ADDR")]
     pub kafka_addr: Option<SocketAddr>,
+    /// This node's unique id among nodes sharing one backend [default: <hostname>-<6 random hex>].
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
 }
 
 impl ServeFlags {
@@ -685,6 +735,7 @@ impl ServeFlags {
             webhooks: WebhooksLayer::default(),
             ops: OpsLayer::default(),
             nats: NatsLayer::default(),
+            cluster: ClusterLayer { node_id: self.node_id.clone(), ..ClusterLayer::default() },
             operator_token: None,
             nats_token: None,
         }
@@ -810,6 +861,11 @@ impl ServeConfig {
         if layer.nats_token.is_some() {
             self.nats.token = layer.nats_token;
         }
+        if layer.cluster.node_id.is_some() {
+            self.cluster.node_id = layer.cluster.node_id;
+        }
+        set(&mut self.cluster.lease_ttl, layer.cluster.lease_ttl);
+        set(&mut self.cluster.lease_renew, layer.cluster.lease_renew);
     }
 
     /// Rejects values that parse but cannot work (a zero interval would spin, a zero limit rejects everything).
@@ -834,6 +890,20 @@ impl ServeConfig {
         }
         positive("storage.retention_check_interval", s.retention_check_interval.as_millis())?;
         positive("nats.replicas", self.nats.replicas as u128)?;
+        let c = &self.cluster;
+        if let Some(id) = &c.node_id {
+            check_node_id(id).map_err(|reason| ConfigError::Invalid { key: "cluster.node_id", reason })?;
+        }
+        positive("cluster.lease_renew", c.lease_renew.as_millis())?;
+        if c.lease_renew * 2 > c.lease_ttl {
+            return Err(ConfigError::Invalid {
+                key: "cluster.lease_ttl",
+                reason: format!(
+                    "must be at least twice cluster.lease_renew ({}), so a holder gets a second try at renewing",
+                    format_duration(c.lease_renew)
+                ),
+            });
+        }
         if self.nats.tls_ca_file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
             return Err(ConfigError::Invalid { key: "nats.tls_ca_file", reason: "must not be empty".into() });
         }
@@ -938,6 +1008,7 @@ struct Layer {
     webhooks: WebhooksLayer,
     ops: OpsLayer,
     nats: NatsLayer,
+    cluster: ClusterLayer,
     /// Environment only.
     operator_token: Option<OperatorToken>,
     /// Environment only.
@@ -967,6 +1038,18 @@ struct FileLayer {
     ops: OpsLayer,
     #[serde(default)]
     nats: NatsLayer,
+    #[serde(default)]
+    cluster: ClusterLayer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterLayer {
+    node_id: Option<String>,
+    #[serde(default, deserialize_with = "parsed")]
+    lease_ttl: Option<humantime::Duration>,
+    #[serde(default, deserialize_with = "parsed")]
+    lease_renew: Option<humantime::Duration>,
 }
 
 /// No `token`: a secret comes from the environment only, so the key is refused as unknown.
@@ -1136,6 +1219,7 @@ fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
         webhooks: file.webhooks,
         ops: file.ops,
         nats: file.nats,
+        cluster: file.cluster,
         operator_token: None,
         nats_token: None,
     })
@@ -1248,6 +1332,9 @@ fn set_from_env(layer: &mut Layer, name: &'static str, value: &OsStr) -> Result<
         "ESGF_EVENTS_TLS_KEY_FILE" => t.key_file = Some(PathBuf::from(value)),
         "ESGF_EVENTS_KAFKA_ADDR" => layer.kafka.addr = Some(parse_env(name, v)?),
         "ESGF_EVENTS_KAFKA_ADVERTISED_HOST" => layer.kafka.advertised_host = Some(parse_env(name, v)?),
+        "ESGF_EVENTS_NODE_ID" => layer.cluster.node_id = Some(parse_env(name, v)?),
+        "ESGF_EVENTS_CLUSTER_LEASE_TTL" => layer.cluster.lease_ttl = Some(parse_env(name, v)?),
+        "ESGF_EVENTS_CLUSTER_LEASE_RENEW" => layer.cluster.lease_renew = Some(parse_env(name, v)?),
         "ESGF_EVENTS_WEBHOOKS_TIMEOUT" => layer.webhooks.timeout = Some(parse_env(name, v)?),
         "ESGF_EVENTS_WEBHOOKS_MAX_ATTEMPTS" => layer.webhooks.max_attempts = Some(parse_env(name, v)?),
         "ESGF_EVENTS_WEBHOOKS_MAX_AGE" => layer.webhooks.max_age = Some(parse_env(name, v)?),
@@ -1371,8 +1458,8 @@ mod tests {
     fn unknown_top_level_key_and_unknown_section_are_rejected() {
         let err = from_file("version = 1\nlisten = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");
-        let err = from_file("version = 1\n[cluster]\nport = 4222\n").unwrap_err();
-        assert!(err.to_string().contains("cluster"), "{err}");
+        let err = from_file("version = 1\n[replication]\nport = 4222\n").unwrap_err();
+        assert!(err.to_string().contains("replication"), "{err}");
         let err = from_file("version = 1\n[kafka]\nport = 9092\n").unwrap_err();
         assert!(err.to_string().contains("port"), "{err}");
     }
@@ -1508,6 +1595,9 @@ mod tests {
             (OPERATOR_TOKEN_ENV, TOKEN),
             ("ESGF_EVENTS_KAFKA_ADDR", "127.0.0.1:9092"),
             ("ESGF_EVENTS_KAFKA_ADVERTISED_HOST", "events.example.org"),
+            ("ESGF_EVENTS_NODE_ID", "east-1"),
+            ("ESGF_EVENTS_CLUSTER_LEASE_TTL", "1m"),
+            ("ESGF_EVENTS_CLUSTER_LEASE_RENEW", "1s"),
             ("ESGF_EVENTS_WEBHOOKS_TIMEOUT", "3s"),
             ("ESGF_EVENTS_WEBHOOKS_MAX_ATTEMPTS", "3"),
             ("ESGF_EVENTS_WEBHOOKS_MAX_AGE", "1h"),
@@ -1847,6 +1937,43 @@ mod tests {
         assert!(err.to_string().contains("replica"), "{err}");
         let err = from_file("version = 1\n[nats]\nreplicas = 0\n").unwrap_err();
         assert!(err.to_string().contains("nats.replicas"), "{err}");
+    }
+
+    #[test]
+    fn cluster_section_sets_node_id_and_lease_timing_and_the_environment_and_flag_override_it() {
+        let text =
+            "version = 1\n[cluster]\nnode_id = \"east-1\"\nlease_ttl = \"20s\"\nlease_renew = \"5s\"\n";
+        let c = from_file(text).unwrap();
+        assert_eq!(c.cluster.node_id.as_deref(), Some("east-1"));
+        assert_eq!(
+            (c.cluster.lease_ttl, c.cluster.lease_renew),
+            (Duration::from_secs(20), Duration::from_secs(5))
+        );
+        assert_eq!(ServeConfig::default().cluster.lease_ttl, Duration::from_secs(10));
+        assert_eq!(ServeConfig::default().cluster.lease_renew, Duration::from_secs(3));
+        let from_env = ServeConfig::resolve(
+            Some((Path::new("t.toml"), text)),
+            env(&[("ESGF_EVENTS_NODE_ID", "west-2")]),
+            &ServeFlags::default(),
+        )
+        .unwrap();
+        assert_eq!(from_env.cluster.node_id.as_deref(), Some("west-2"));
+        let flags = ServeFlags { node_id: Some("west-3".into()), ..ServeFlags::default() };
+        let from_flag =
+            ServeConfig::resolve(None, env(&[("ESGF_EVENTS_NODE_ID", "west-2")]), &flags).unwrap();
+        assert_eq!(from_flag.cluster.node_id.as_deref(), Some("west-3"));
+    }
+
+    #[test]
+    fn bad_node_ids_and_leases_renewed_too_rarely_are_refused() {
+        for id in ["", "has space", "a/b", "ünï"] {
+            let err = ServeConfig::resolve(None, env(&[("ESGF_EVENTS_NODE_ID", id)]), &ServeFlags::default());
+            assert!(matches!(err, Err(ConfigError::Invalid { key: "cluster.node_id", .. })), "{id:?}");
+        }
+        let slow = env(&[("ESGF_EVENTS_CLUSTER_LEASE_TTL", "5s"), ("ESGF_EVENTS_CLUSTER_LEASE_RENEW", "3s")]);
+        let err = ServeConfig::resolve(None, slow, &ServeFlags::default());
+        assert!(matches!(err, Err(ConfigError::Invalid { key: "cluster.lease_ttl", .. })));
+        assert!(from_file("version = 1\n[cluster]\nnode = \"x\"\n").is_err(), "unknown key accepted");
     }
 
     #[test]

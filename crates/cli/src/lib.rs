@@ -6,11 +6,13 @@
 //! [`client`] (the HTTP API client) and one module per client command.
 
 pub mod admin;
+pub mod admin_ops;
 pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod consume;
+pub mod monitor;
 pub mod output;
 pub mod publish;
 pub mod serve;
@@ -39,6 +41,7 @@ pub async fn run_client(command: Command) -> anyhow::Result<()> {
         Command::Topic(args) => topic::run(args).await,
         Command::Publish(args) => publish::run(args).await,
         Command::Consume(args) => consume::run(args).await,
+        Command::Monitor(args) => monitor::run(args).await,
         Command::Admin(args) => admin::run(args).await,
         Command::Replicate(args) => Ok(esgf_events_replica::cli::run_replicate(args).await?),
         Command::Index(args) => Ok(esgf_events_replica::cli::run_index(args)?),

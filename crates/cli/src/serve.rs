@@ -27,9 +27,20 @@
 //!    by `http.max_wait` plus [`DRAIN_GRACE`]; a second signal cuts it short;
 //! 3. the webhook dispatcher stops: each delivery in flight finishes (bounded by `webhooks.timeout`) and every
 //!    subscription's cursors are committed;
-//! 4. the retention task is stopped;
-//! 5. the log is shut down: appends in flight finish and everything is fsync'd;
-//! 6. "shutdown complete" is logged and the process exits 0.
+//! 4. the retention and topic lifecycle tasks are stopped;
+//! 5. the leases (below) are released, so other nodes take the work over at once, and this node leaves the
+//!    node registry;
+//! 6. the log is shut down: appends in flight finish and everything is fsync'd;
+//! 7. "shutdown complete" is logged and the process exits 0.
+//!
+//! Several nodes on one NATS backend: work that must happen once runs only on the node holding its lease
+//! (`webhooks`, `mail`, `retention`, `lifecycle`; the Kafka endpoint holds `kafka-coordinator`), taken over by
+//! another node within `cluster.lease_ttl` when the holder dies, within a second when it stops cleanly. Each node
+//! announces its id (`cluster.node_id`), HTTP URL and Kafka address in the node registry; `GET /v1/cluster`
+//! shows both. Every node's dispatcher answers the subscription API; only the `webhooks` holder delivers, and it
+//! rescans the stored subscriptions every [`WEBHOOK_RESCAN`] for ones created or changed through other nodes.
+//! The in-memory caches (access control, the topic catalogue, maintenance windows) follow changes made through
+//! other nodes within milliseconds through the state store's change notifications (`serve/follow.rs`).
 //!
 //! Webhooks: the dispatcher starts once the HTTP address is bound (that address is always refused as a webhook
 //! URL). Their signing secrets live in the state file, which HMAC needs in the clear, so the state file is made
@@ -47,6 +58,7 @@ use anyhow::Context;
 use esgf_events_auth::{Auth, AuthConfig, Bootstrap, JwksSource, OidcIssuerConfig, RateSpec};
 use esgf_events_engine::{Durability, EmbeddedConfig, EmbeddedStore, LogStore, Retention, SystemClock};
 use esgf_events_http::HttpConfig;
+use esgf_events_meta::lease::{LeaseConfig, Leases, NodeInfo, Nodes};
 use esgf_events_meta::{MetaStore, RedbMetaStore};
 use esgf_events_nats::{JetStreamMeta, JetStreamStore, NatsAuth, NatsClient, NatsConfig};
 use esgf_events_webhooks::{Dispatcher, WebhookConfig};
@@ -58,6 +70,15 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{
     DurabilityMode, JwksLocation, LogFormat, LogSettings, ServeConfig, StorageBackend, format_duration,
 };
+
+mod follow;
+mod lease_work;
+
+/// How often the webhook dispatcher looks for subscriptions created or changed through other nodes.
+const WEBHOOK_RESCAN: Duration = Duration::from_secs(2);
+
+/// How long shutdown waits for the leases to be released and this node's registry entry removed.
+const LEASE_RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 /// How much longer than the longest long-poll the drain may take before the server stops waiting.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -109,6 +130,21 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
     };
 
+    // Work that must happen once (webhook delivery, mail, retention, topic lifecycle, Kafka group coordination)
+    // is owned by one node at a time through a lease in the state store; a lone node gets every lease.
+    let node_id = config.cluster.node_id.clone().unwrap_or_else(lease_work::default_node_id);
+    let lease_config = LeaseConfig { ttl: config.cluster.lease_ttl, renew_every: config.cluster.lease_renew };
+    let leases = Leases::new(Arc::clone(&meta), node_id.clone(), lease_config);
+    let nodes = Nodes::new(Arc::clone(&meta), lease_config);
+    // Turned true once the work under the leases has stopped: the leases are then released at once.
+    let (stop_leases, leases_stopped) = watch::channel(false);
+    info!(
+        node_id = %node_id,
+        lease_ttl = %format_duration(lease_config.ttl),
+        lease_renew = %format_duration(lease_config.renew_every),
+        "service node"
+    );
+
     // Installed before "listening" so that a signal sent as soon as the server is up is not lost.
     let mut signals = Signals::install().context("installing signal handlers")?;
 
@@ -136,6 +172,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    // Every node answers the subscription API; only the holder of the `webhooks` lease delivers.
+    let webhooks_follower = tokio::spawn(
+        Arc::clone(&webhooks)
+            .follow(leases.hold(lease_work::WEBHOOKS, leases_stopped.clone()), WEBHOOK_RESCAN),
+    );
 
     let kafka_listener = match config.kafka.addr {
         None => None,
@@ -147,6 +188,18 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             }
         },
     };
+    let kafka_bound = kafka_listener.as_ref().and_then(|l| l.local_addr().ok());
+    nodes.announce(
+        NodeInfo {
+            id: node_id.clone(),
+            http_url: Some(lease_work::http_url(http_addr, tls.is_some())),
+            kafka_host: kafka_bound
+                .map(|a| config.kafka.advertised_host.clone().unwrap_or_else(|| a.ip().to_string())),
+            kafka_port: kafka_bound.map(|a| a.port()),
+            seen_ms: 0,
+        },
+        leases_stopped.clone(),
+    );
     let maintenance_state = esgf_events_ops::MaintenanceState::new(Arc::new(SystemClock));
     let announcements = Arc::new(esgf_events_ops::announcements::Announcements::new(
         Arc::clone(&meta),
@@ -201,8 +254,22 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
     let mail_task = mailer.as_ref().map(|mailer| {
         info!(recipients = config.ops.announce_to.len(), "announcement mail on");
-        tokio::spawn(Arc::clone(mailer).run(announcements.published_signal(), mail_stopped))
+        let (mailer, wake) = (Arc::clone(mailer), announcements.published_signal());
+        let held = leases.hold(lease_work::MAIL, leases_stopped.clone());
+        tokio::spawn(lease_work::while_held(lease_work::MAIL, held, mail_stopped, move |stop| {
+            Arc::clone(&mailer).run(Arc::clone(&wake), stop)
+        }))
     });
+    // Recorded availability, publish rates and consumer lag, for the status page and /metrics.
+    let (stop_status, status_stopped) = watch::channel(false);
+    let status = Arc::new(esgf_events_ops::status::StatusRecorder::new(
+        Arc::clone(&store),
+        Arc::clone(&meta),
+        Some(Arc::clone(&maintenance_state)),
+        Arc::new(SystemClock),
+        Default::default(),
+    ));
+    let status_task = tokio::spawn(Arc::clone(&status).run(status_stopped));
     let ops = esgf_events_ops::Ops {
         metrics: if config.ops.metrics { esgf_events_ops::metrics::prometheus() } else { None },
         maintenance: Some(maintenance),
@@ -210,6 +277,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         changelog: Some(Arc::clone(&meta)),
         public_url: config.ops.public_url.clone(),
         mail: mailer,
+        status: Some(status),
     };
     // The topic catalogue (validation, lifecycle, idempotent publish), shared by HTTP and Kafka.
     let catalogue = match esgf_events_catalogue::Catalogue::open(
@@ -232,17 +300,28 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         Some(listener) => {
             let kafka_addr = listener.local_addr().context("reading the bound Kafka address")?;
             info!(%kafka_addr, tls = tls.is_some(), "listening");
+            let advertised_host =
+                config.kafka.advertised_host.clone().unwrap_or_else(|| kafka_addr.ip().to_string());
+            // One process owns an embedded data directory, so it is the whole cluster (and need not wait for a
+            // lease after a restart); on a shared backend the `kafka-coordinator` lease holder coordinates groups.
+            let cluster = (config.storage.backend != StorageBackend::Embedded).then(|| {
+                kafka_cluster_view(
+                    &node_id,
+                    &advertised_host,
+                    kafka_addr.port(),
+                    &leases,
+                    &nodes,
+                    &leases_stopped,
+                ) as Arc<dyn esgf_events_kafka::cluster::Cluster>
+            });
             let kafka_config = esgf_events_kafka::KafkaConfig {
-                advertised_host: config
-                    .kafka
-                    .advertised_host
-                    .clone()
-                    .unwrap_or_else(|| kafka_addr.ip().to_string()),
+                advertised_host,
                 // Public topics are readable without credentials over HTTP; the same holds over Kafka.
                 allow_anonymous_public_read: true,
                 max_connections: config.http.max_connections,
                 tls: tls.clone(),
                 maintenance: Some(Arc::clone(&maintenance_state)),
+                cluster,
                 ..esgf_events_kafka::KafkaConfig::default()
             };
             let ctx = esgf_events_kafka::KafkaContext {
@@ -260,17 +339,29 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
 
     let (stop_retention, retention_stopped) = watch::channel(false);
-    let lifecycle = tokio::spawn(lifecycle_loop(
-        Arc::clone(&catalogue),
-        Arc::clone(&store),
-        config.storage.retention_check_interval,
-        retention_stopped.clone(),
-    ));
-    let retention = tokio::spawn(retention_loop(
-        Arc::clone(&store),
-        config.storage.retention_check_interval,
-        retention_stopped,
-    ));
+    let lifecycle = tokio::spawn({
+        let (catalogue, store) = (Arc::clone(&catalogue), Arc::clone(&store));
+        let prune_every = config.storage.retention_check_interval;
+        let held = leases.hold(lease_work::LIFECYCLE, leases_stopped.clone());
+        lease_work::while_held(lease_work::LIFECYCLE, held, retention_stopped.clone(), move |stop| {
+            lifecycle_loop(Arc::clone(&catalogue), Arc::clone(&store), prune_every, stop)
+        })
+    });
+    // On a shared state store (NATS), other nodes' changes must reach this node's caches.
+    let caches = follow::Caches {
+        auth: Arc::clone(&auth),
+        catalogue: Arc::clone(&catalogue),
+        maintenance: ops.maintenance.clone(),
+    };
+    let follower = follow::start(meta.as_ref(), caches, retention_stopped.clone());
+    let retention = tokio::spawn({
+        let store = Arc::clone(&store);
+        let every = config.storage.retention_check_interval;
+        let held = leases.hold(lease_work::RETENTION, leases_stopped.clone());
+        lease_work::while_held(lease_work::RETENTION, held, retention_stopped, move |stop| {
+            retention_loop(Arc::clone(&store), every, stop)
+        })
+    });
 
     let (drain_tx, drain_rx) = oneshot::channel::<()>();
     let (force_tx, force_rx) = oneshot::channel::<()>();
@@ -299,6 +390,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         webhooks: Some(Arc::clone(&webhooks) as Arc<dyn esgf_events_webhooks::SubscriptionControl>),
         ops,
         catalogue: Some(catalogue),
+        cluster: Some(esgf_events_http::Cluster { leases: Arc::clone(&leases), nodes: Arc::clone(&nodes) }),
     };
     let server = esgf_events_http::serve(listener, server, async move {
         // An error means the watcher is gone, which only happens on the way out: stop too.
@@ -324,6 +416,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 
     // After the HTTP drain (no request can create or change a subscription any more), before the log closes.
     webhooks.shutdown().await;
+    let _ = stop_status.send(true);
+    if let Err(e) = status_task.await {
+        warn!(error = %e, "status recorder task ended abnormally");
+    }
     let _ = stop_mail.send(true);
     if let Some(task) = mail_task
         && let Err(e) = task.await
@@ -337,6 +433,22 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     if let Err(e) = lifecycle.await {
         warn!(error = %e, "topic lifecycle task ended abnormally");
+    }
+    if let Some(follower) = follower
+        && let Err(e) = follower.await
+    {
+        warn!(error = %e, "state change follower ended abnormally");
+    }
+    // Every piece of work under a lease has stopped: release the leases now, so another node takes over at
+    // once instead of after the lease ttl, and leave the node registry.
+    let _ = stop_leases.send(true);
+    if let Err(e) = webhooks_follower.await {
+        warn!(error = %e, "webhook lease follower ended abnormally");
+    }
+    let released = leases.stopped(LEASE_RELEASE_WAIT).await;
+    let left = nodes.stopped(LEASE_RELEASE_WAIT).await;
+    if !(released && left) {
+        warn!(released, left, "leases or node record not cleaned up in time; other nodes wait them out");
     }
     let closed = store.shutdown().await.context("closing the event log");
     match &closed {
@@ -560,7 +672,7 @@ async fn start_webhooks(
             format!("cannot restrict the state file {} to mode 0600", state_path.display())
         })?;
     }
-    let dispatcher = Dispatcher::start_with_access(
+    let dispatcher = Dispatcher::standby(
         Arc::clone(store),
         Arc::clone(meta),
         webhook_config(config, http_addr),
@@ -569,6 +681,23 @@ async fn start_webhooks(
     .await
     .context("cannot start webhook delivery")?;
     Ok(Arc::new(dispatcher))
+}
+
+/// The Kafka endpoint's view of the service nodes sharing the backend: it holds the `kafka-coordinator` lease
+/// while `stop` is false and refreshes the registry and lease holder in the background until then.
+fn kafka_cluster_view(
+    node_id: &str,
+    host: &str,
+    port: u16,
+    leases: &Arc<Leases>,
+    nodes: &Arc<Nodes>,
+    stop: &watch::Receiver<bool>,
+) -> Arc<esgf_events_kafka::cluster::ClusterView> {
+    let holding = leases.hold(esgf_events_kafka::cluster::COORDINATOR_LEASE, stop.clone());
+    let view = Arc::new(esgf_events_kafka::cluster::ClusterView::new(node_id, host, port, holding));
+    // Ends on its own at `stop`.
+    let _refresh = view.spawn_refresh(Arc::clone(leases), Arc::clone(nodes), stop.clone());
+    view
 }
 
 /// Best effort, on a start-up failure after the log was opened.

@@ -341,6 +341,8 @@ impl Shared {
                     let Some(view) = self.segment_for(cur, false)? else {
                         break;
                     };
+                    // Still past the offset when scanned from the segment's start: the batch's base-offset
+                    // field (not covered by the CRC) is damaged, so this is corruption, not a stale index.
                     self.read_segment(
                         &view,
                         &mut cur,
@@ -349,7 +351,13 @@ impl Shared {
                         &mut records,
                         &mut bytes,
                     )
-                    .map_err(ReadError::into_store)?;
+                    .map_err(|e| match e {
+                        ReadError::IndexMismatch => view.file.corrupt(
+                            view.start,
+                            format!("the batch holding offset {cur} names a later base offset"),
+                        ),
+                        ReadError::Store(e) => e,
+                    })?;
                 }
                 other => other.map_err(ReadError::into_store)?,
             }

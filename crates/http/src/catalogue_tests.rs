@@ -257,5 +257,5 @@ async fn topics_page_is_plain_html_listing_the_catalogue() {
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.headers["content-type"].to_str().unwrap().starts_with("text/html"));
     assert!(reply.text.contains("<th scope=\"row\">esgf2.pub</th>"), "{}", reply.text);
-    assert!(reply.text.contains("&lt;b&gt;x&lt;/b&gt;") && !reply.text.contains("<script"), "{}", reply.text);
+    assert!(reply.text.contains("&lt;b&gt;x&lt;") && !reply.text.contains("<b>x"), "{}", reply.text);
 }

@@ -84,6 +84,9 @@ pub(crate) enum ApiError {
     OpsUnavailable(&'static str),
     #[error(transparent)]
     Announcement(#[from] esgf_events_ops::announcements::AnnouncementError),
+    /// The announcement list: members and one-click unsubscribe (`recipients.rs`).
+    #[error(transparent)]
+    Recipients(#[from] esgf_events_ops::recipients::RecipientsError),
     /// The state store failed while reading the changelog.
     #[error(transparent)]
     OpsStorage(esgf_events_meta::MetaError),
@@ -192,6 +195,15 @@ impl ApiError {
                 esgf_events_ops::MaintenanceError::Meta(_) => "storage-error",
             },
             ApiError::OpsUnavailable(_) => "operations-unavailable",
+            ApiError::Recipients(e) => match e {
+                esgf_events_ops::recipients::RecipientsError::InvalidAddress(_)
+                | esgf_events_ops::recipients::RecipientsError::Invalid(_) => "invalid-request",
+                esgf_events_ops::recipients::RecipientsError::NotMember(_) => "recipient-not-found",
+                esgf_events_ops::recipients::RecipientsError::BadSignature => "unsubscribe-signature-invalid",
+                esgf_events_ops::recipients::RecipientsError::Meta(_) => "storage-error",
+                esgf_events_ops::recipients::RecipientsError::CorruptKey => "corrupt-data",
+                esgf_events_ops::recipients::RecipientsError::Random(_) => "internal-error",
+            },
             ApiError::Announcement(e) => match e {
                 esgf_events_ops::announcements::AnnouncementError::Invalid(_) => "invalid-request",
                 esgf_events_ops::announcements::AnnouncementError::Meta(_) => "storage-error",
@@ -229,6 +241,8 @@ impl ApiError {
             "webhooks-unavailable" | "operations-unavailable" => StatusCode::NOT_IMPLEMENTED,
             "maintenance" => StatusCode::SERVICE_UNAVAILABLE,
             "maintenance-window-not-found" => StatusCode::NOT_FOUND,
+            "recipient-not-found" => StatusCode::NOT_FOUND,
+            "unsubscribe-signature-invalid" => StatusCode::FORBIDDEN,
             "maintenance-not-announced" | "maintenance-notice-too-short" => StatusCode::CONFLICT,
             "internal-error" => StatusCode::INTERNAL_SERVER_ERROR,
             "unauthenticated" => StatusCode::UNAUTHORIZED,
@@ -284,6 +298,8 @@ impl ApiError {
             "maintenance-notice-too-short" => "Too little notice for maintenance",
             "maintenance-window-not-found" => "Maintenance window not found",
             "operations-unavailable" => "Operations endpoints unavailable",
+            "recipient-not-found" => "Not a member of the announcement list",
+            "unsubscribe-signature-invalid" => "Invalid unsubscribe link",
             "topic-read-only" => "Topic is read-only",
             "topic-retired" => "Topic is retired",
             _ => "Invalid request",
@@ -303,6 +319,11 @@ impl ApiError {
             | ApiError::Offsets(OffsetsError::Meta(_))
             | ApiError::MaintenanceWindow(esgf_events_ops::MaintenanceError::Meta(_))
             | ApiError::Announcement(esgf_events_ops::announcements::AnnouncementError::Meta(_))
+            | ApiError::Recipients(
+                esgf_events_ops::recipients::RecipientsError::Meta(_)
+                | esgf_events_ops::recipients::RecipientsError::CorruptKey
+                | esgf_events_ops::recipients::RecipientsError::Random(_),
+            )
             | ApiError::OpsStorage(_)
             | ApiError::Catalogue(
                 esgf_events_catalogue::CatalogueError::Meta(_)
@@ -383,6 +404,9 @@ impl ApiError {
                 "ends_at": esgf_events_ops::maintenance::rfc3339(window.ends_at_ms),
                 "announcement": window.announcement,
             }),
+            ApiError::Recipients(esgf_events_ops::recipients::RecipientsError::NotMember(address)) => {
+                json!({ "recipient": address })
+            }
             ApiError::MaintenanceWindow(esgf_events_ops::MaintenanceError::NotFound(id)) => {
                 json!({ "window": id })
             }

@@ -32,9 +32,19 @@
 //! | DELETE | `/v1/maintenance/{window}`                | cancel a window                                 | operator |
 //! | POST   | `/v1/announcements`                       | publish an announcement                         | operator |
 //! | GET    | `/v1/announcements/deliveries`            | announcement mail, per recipient                | operator |
+//! | GET    | `/v1/announcements/recipients`            | the mailing list, each address's sources        | operator |
+//! | POST   | `/v1/announcements/recipients`            | add a member (201; 200 if already one)          | operator |
+//! | DELETE | `/v1/announcements/recipients/{address}`  | remove a member                                 | operator |
+//! | GET    | `/v1/announcements/unsubscribe?address&sig` | page with an unsubscribe button (no change)   | public   |
+//! | POST   | `/v1/announcements/unsubscribe?address&sig` | RFC 8058 one-click unsubscribe (signed link)  | public   |
 //! | GET    | `/v1/announcements`, `/announcements[.atom]` | announcements as JSON, HTML, Atom            | public   |
 //! | GET    | `/v1/changelog`, `/changelog[.atom]`      | the changelog as JSON, HTML, Atom               | public   |
-//! | GET    | `/v1/status`, `/status`                   | state, maintenance windows, topic sizes         | public   |
+//! | GET    | `/v1/status`, `/status`                   | state, uptime, incidents, rates, lag (`status.rs`) | public |
+//! | POST   | `/v1/incidents`                           | record an outage (the downtime monitor)         | operator |
+//! | GET    | `/v1/incidents`                           | outages with durations, mean and max RTO        | public   |
+//! | GET    | `/v1/cluster`                             | live service nodes and each lease's owner (`cluster.rs`) | operator |
+//! | GET    | `/`                                       | home page: what this is, links, current state   | public   |
+//! | GET    | `/openapi.json`                           | OpenAPI 3.1, generated from the table (`openapi.rs`) | public |
 //!
 //! **Maintenance** (`ops.rs`): while a window is active, its guard answers 503 `maintenance` (writes only in a
 //! `read-only` window; everything but probes and the operations routes in a `full` one).
@@ -65,6 +75,7 @@
 mod access;
 mod admin;
 mod body;
+mod cluster;
 mod cursor;
 mod error;
 mod events;
@@ -72,9 +83,12 @@ mod groups;
 mod health;
 mod lifecycle;
 mod listener;
+mod openapi;
 mod ops;
 mod partitioner;
+mod recipients;
 mod routes;
+mod status;
 mod stream;
 mod subscriptions;
 mod tail;
@@ -107,6 +121,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tower_http::trace::TraceLayer;
 
+pub use cluster::Cluster;
 pub use partitioner::{murmur2, partition_for_key};
 pub use routes::{Access, ROUTES, RouteSpec};
 pub use subscriptions::webhook_access;
@@ -201,6 +216,8 @@ pub struct Server {
     /// The topic catalogue (validation, discovery metadata, lifecycle, idempotent publish). `None`: every topic
     /// is active and unvalidated, and catalogue settings in requests are refused.
     pub catalogue: Option<Arc<esgf_events_catalogue::Catalogue>>,
+    /// Service nodes and leases, for `GET /v1/cluster`; `None`: it answers 501.
+    pub cluster: Option<Cluster>,
 }
 
 /// What every handler shares.
@@ -221,6 +238,7 @@ pub(crate) struct AppState {
     /// Served over TLS: absolute links built from the `Host` header say `https`.
     pub(crate) tls: bool,
     pub(crate) catalogue: Option<Arc<esgf_events_catalogue::Catalogue>>,
+    pub(crate) cluster: Option<Cluster>,
 }
 
 impl AppState {
@@ -239,6 +257,7 @@ impl AppState {
             ops: esgf_events_ops::Ops::default(),
             tls: false,
             catalogue: None,
+            cluster: None,
         }
     }
 
@@ -249,6 +268,7 @@ impl AppState {
         state.ops = server.ops.clone();
         state.tls = server.tls.is_some();
         state.catalogue = server.catalogue.clone();
+        state.cluster = server.cluster.clone();
         state
     }
 
@@ -279,6 +299,7 @@ pub fn router(store: Arc<dyn LogStore>, config: HttpConfig) -> Router {
         webhooks: None,
         ops: Default::default(),
         catalogue: None,
+        cluster: None,
     })
 }
 
@@ -362,6 +383,7 @@ pub async fn run(
         webhooks: None,
         ops: Default::default(),
         catalogue: None,
+        cluster: None,
     };
     serve(listener, server, shutdown).await
 }

@@ -5,8 +5,6 @@
 //! (RFC 8594) when a sunset is set, and `Link`s to the announcement (`rel="deprecation"`) and to the successor
 //! topic (`rel="successor-version"`). Clients learn of a deprecation from the responses they already get.
 
-use std::fmt::Write as _;
-
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -68,23 +66,8 @@ fn add_headers(headers: &mut HeaderMap, settings: &TopicSettings) {
     }
 }
 
-/// Escapes text for HTML element content and attribute values.
-fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// `GET /topics`: the catalogue as a plain, accessible HTML table (no scripts, no external resources).
+/// `GET /topics`: the catalogue as a plain, accessible HTML table (no scripts, no external resources), on the
+/// site's shared layout (`esgf_events_ops::pages`).
 pub(crate) async fn page(
     State(state): State<SharedState>,
     query: Result<Query<QueryPairs>, QueryRejection>,
@@ -94,84 +77,7 @@ pub(crate) async fn page(
     let include_retired = parse_include(&pairs)?;
     let topics = list_descriptions(&state, include_retired).await?;
     let value = serde_json::to_value(&topics).unwrap_or_default();
-
-    let mut html = String::from(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>ESGF Event Service topics</title>\n\
-         <style>body{font-family:sans-serif;margin:1rem 2rem;line-height:1.4}table{border-collapse:collapse}\
-         th,td{border:1px solid #666;padding:.3rem .5rem;text-align:left;vertical-align:top}</style>\n\
-         </head>\n<body>\n<main>\n<h1>Topics</h1>\n",
-    );
-    let _ = writeln!(
-        html,
-        "<p>{} topic(s). The same data as JSON: <a href=\"/v1/topics\">/v1/topics</a>. {}</p>",
-        topics.len(),
-        if include_retired {
-            "<a href=\"/topics\">Hide retired topics</a>."
-        } else {
-            "<a href=\"/topics?include=retired\">Show retired topics too</a>."
-        }
-    );
-    html.push_str(
-        "<table>\n<caption>Topic catalogue</caption>\n<thead><tr><th scope=\"col\">Name</th>\
-         <th scope=\"col\">Description</th><th scope=\"col\">Owner</th><th scope=\"col\">State</th>\
-         <th scope=\"col\">Validation</th><th scope=\"col\">Partitions</th><th scope=\"col\">Retention</th>\
-         <th scope=\"col\">Created</th><th scope=\"col\">Offsets (earliest–latest)</th></tr></thead>\n<tbody>\n",
-    );
-    for topic in value.as_array().map(Vec::as_slice).unwrap_or_default() {
-        let text = |name: &str| topic.get(name).and_then(|v| v.as_str()).map(esc).unwrap_or_default();
-        let mut state_cell = text("state");
-        if let Some(sunset) = topic.get("sunset").and_then(|v| v.as_str()) {
-            let _ = write!(state_cell, "<br>sunset {}", esc(sunset));
-        }
-        if let Some(successor) = topic.get("successor").and_then(|v| v.as_str()) {
-            let _ = write!(state_cell, "<br>successor: {}", esc(successor));
-        }
-        if let Some(url) = topic.get("announcement").and_then(|v| v.as_str()) {
-            let _ = write!(state_cell, "<br><a href=\"{}\">announcement</a>", esc(url));
-        }
-        if let Some(scheduled) = topic.get("scheduled") {
-            let s = |n: &str| scheduled.get(n).and_then(|v| v.as_str()).map(esc).unwrap_or_default();
-            let _ = write!(state_cell, "<br>becomes {} at {}", s("state"), s("at"));
-        }
-        let owner = topic
-            .get("owner")
-            .and_then(|v| v.as_str())
-            .map(|o| format!("<a href=\"mailto:{0}\">{0}</a>", esc(o)))
-            .unwrap_or_default();
-        let mut validation = text("validation");
-        for schema in topic.get("schemas").and_then(|v| v.as_array()).map(Vec::as_slice).unwrap_or_default() {
-            let _ = write!(validation, "<br>{}", esc(schema.as_str().unwrap_or_default()));
-        }
-        let offsets = topic
-            .get("offsets")
-            .and_then(|v| v.as_array())
-            .map(|parts| {
-                parts
-                    .iter()
-                    .map(|p| format!("{}: {}–{}", p["partition"], p["earliest"], p["latest"]))
-                    .collect::<Vec<_>>()
-                    .join("<br>")
-            })
-            .unwrap_or_default();
-        let _ = writeln!(
-            html,
-            "<tr><th scope=\"row\">{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td></tr>",
-            text("name"),
-            text("description"),
-            owner,
-            state_cell,
-            validation,
-            topic.get("partitions").map(ToString::to_string).unwrap_or_default(),
-            text("retention"),
-            text("created"),
-            offsets
-        );
-    }
-    html.push_str("</tbody>\n</table>\n</main>\n</body>\n</html>\n");
-    Ok(Html(html).into_response())
+    Ok(Html(esgf_events_ops::pages::topics_html(&value, include_retired)?).into_response())
 }
 
 #[cfg(test)]
@@ -210,10 +116,5 @@ mod tests {
                 "</v1/topics/esgf2.publications.v2>; rel=\"successor-version\""
             ]
         );
-    }
-
-    #[test]
-    fn html_is_escaped() {
-        assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
     }
 }

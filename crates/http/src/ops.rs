@@ -54,6 +54,10 @@ fn spared(spec: &RouteSpec) -> bool {
         || ["/metrics", "/v1/maintenance", "/v1/announcements", "/announcements", "/announcements.atom"]
             .contains(&spec.path)
         || ["/v1/changelog", "/changelog", "/changelog.atom", "/v1/status", "/status"].contains(&spec.path)
+        || spec.path == "/v1/incidents"
+        || ["/", "/openapi.json"].contains(&spec.path)
+        // Leaving the announcement list must work whenever the mail that offered it arrives.
+        || spec.path == "/v1/announcements/unsubscribe"
 }
 
 pub(crate) async fn maintenance_guard(
@@ -67,7 +71,10 @@ pub(crate) async fn maintenance_guard(
         let is_write = !matches!(*request.method(), Method::GET | Method::HEAD);
         if let Some(window) = maintenance.state().refusing(is_write) {
             let now_ms = maintenance.state().now_ms();
-            return ApiError::Maintenance { window: Box::new(window), now_ms }.into_response();
+            let mut response = ApiError::Maintenance { window: Box::new(window), now_ms }.into_response();
+            // The request body is never read: the connection cannot carry the client's next request.
+            crate::error::close_connection(&mut response);
+            return response;
         }
     }
     next.run(request).await
@@ -286,6 +293,8 @@ struct AnnouncementView<'a> {
     window: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mailed_by: Option<&'a str>,
 }
 
 impl<'a> AnnouncementView<'a> {
@@ -298,6 +307,7 @@ impl<'a> AnnouncementView<'a> {
             published: rfc3339(a.published_ms),
             window: a.window.as_deref(),
             topic: a.topic.as_deref(),
+            mailed_by: a.mailed_by.as_deref(),
         }
     }
 }
@@ -311,6 +321,10 @@ struct AnnounceRequest {
     body: String,
     #[serde(default)]
     topic: Option<String>,
+    /// Already mailed to the list by this sender (the downtime monitor, while the service was down): the
+    /// service publishes it without mailing it again.
+    #[serde(default)]
+    mailed_by: Option<String>,
 }
 
 /// `POST /v1/announcements` (201).
@@ -325,15 +339,14 @@ pub(crate) async fn announce(
     let store = announcements(&state)?;
     let request: AnnounceRequest =
         json_body(&headers, body, MAX_ANNOUNCEMENT_BODY_BYTES, "announcement").await?;
-    let published = store
-        .publish(NewAnnouncement {
-            kind: request.kind,
-            title: request.title,
-            body: request.body,
-            window: None,
-            topic: request.topic,
-        })
-        .await?;
+    let new = NewAnnouncement {
+        kind: request.kind,
+        title: request.title,
+        body: request.body,
+        window: None,
+        topic: request.topic,
+    };
+    let published = store.publish_mailed(new, request.mailed_by).await?;
     audit(&state, &caller, "announcement.publish", &published.id).await;
     Ok((StatusCode::CREATED, Json(AnnouncementView::of(&published))).into_response())
 }
@@ -457,28 +470,8 @@ pub(crate) async fn deliveries(
     Ok(Json(json!({ "deliveries": deliveries })).into_response())
 }
 
-async fn status_view(state: &SharedState) -> Result<esgf_events_ops::pages::StatusView, ApiError> {
-    let (windows, now) = match &state.ops.maintenance {
-        Some(m) => (m.list(), m.state().now_ms()),
-        None => (Vec::new(), chrono::Utc::now().timestamp_millis()),
-    };
-    let mut view = esgf_events_ops::pages::StatusView::new(&windows, now);
-    for topic in state.store.list_topics().await? {
-        let (mut retained, mut latest) = (0u64, 0u64);
-        for partition in 0..topic.partitions {
-            let offsets = state.store.offsets(&topic.name, partition).await?;
-            retained += offsets.latest.saturating_sub(offsets.earliest);
-            latest += offsets.latest;
-        }
-        view.topics.push(esgf_events_ops::pages::StatusTopic {
-            name: topic.name,
-            partitions: topic.partitions,
-            retained,
-            latest,
-        });
-    }
-    Ok(view)
-}
+// The view is built in `status.rs`, with the status recorder's records.
+use crate::status::status_view;
 
 /// `GET /v1/status`: the state (operational or maintenance), the active and upcoming windows (forced ones
 /// flagged) and the topics' sizes.
@@ -493,4 +486,14 @@ pub(crate) async fn status(
 /// `GET /status`: the same as an HTML page.
 pub(crate) async fn status_page(State(state): State<SharedState>) -> Result<Response, ApiError> {
     Ok(html(esgf_events_ops::pages::status_html(&status_view(&state).await?)?))
+}
+
+/// `GET /`: the home page, with the current state; works without announcements configured (none shown).
+pub(crate) async fn home_page(State(state): State<SharedState>) -> Result<Response, ApiError> {
+    let status = status_view(&state).await?;
+    let latest = match &state.ops.announcements {
+        Some(store) => store.list().await?,
+        None => Vec::new(),
+    };
+    Ok(html(esgf_events_ops::pages::home_html(&status, &latest)?))
 }

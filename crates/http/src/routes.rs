@@ -10,7 +10,8 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use esgf_events_auth::Role;
 
 use crate::{
-    SharedState, access, admin, events, groups, health, lifecycle, ops, stream, subscriptions, topics,
+    SharedState, access, admin, cluster, events, groups, health, lifecycle, openapi, ops, recipients, status,
+    stream, subscriptions, topics,
 };
 
 /// What a route requires of its caller.
@@ -94,8 +95,18 @@ pub(crate) enum Endpoint {
     ChangelogPage,
     ChangelogFeed,
     MailDeliveries,
+    ListRecipients,
+    AddRecipient,
+    RemoveRecipient,
+    UnsubscribePage,
+    Unsubscribe,
     Status,
     StatusPage,
+    RecordIncident,
+    ListIncidents,
+    Home,
+    OpenApi,
+    Cluster,
 }
 
 const fn route(method: Method, path: &'static str, access: Access, endpoint: Endpoint) -> RouteSpec {
@@ -151,8 +162,18 @@ pub const ROUTES: &[RouteSpec] = &[
     route(GET,    "/changelog",                  Access::Public,           Endpoint::ChangelogPage),
     route(GET,    "/changelog.atom",             Access::Public,           Endpoint::ChangelogFeed),
     route(GET,    "/v1/announcements/deliveries", Access::Operate,         Endpoint::MailDeliveries),
+    route(GET,    "/v1/announcements/recipients", Access::Operate,         Endpoint::ListRecipients),
+    route(POST,   "/v1/announcements/recipients", Access::Operate,         Endpoint::AddRecipient),
+    route(DELETE, "/v1/announcements/recipients/{address}", Access::Operate, Endpoint::RemoveRecipient),
+    route(GET,    "/v1/announcements/unsubscribe", Access::Public,         Endpoint::UnsubscribePage),
+    route(POST,   "/v1/announcements/unsubscribe", Access::Public,         Endpoint::Unsubscribe),
     route(GET,    "/v1/status",                  Access::Public,           Endpoint::Status),
     route(GET,    "/status",                     Access::Public,           Endpoint::StatusPage),
+    route(POST,   "/v1/incidents",               Access::Operate,          Endpoint::RecordIncident),
+    route(GET,    "/v1/incidents",               Access::Public,           Endpoint::ListIncidents),
+    route(GET,    "/",                           Access::Public,           Endpoint::Home),
+    route(GET,    "/openapi.json",               Access::Public,           Endpoint::OpenApi),
+    route(GET,    "/v1/cluster",                 Access::Operate,          Endpoint::Cluster),
 ];
 
 // Short names for the table above.
@@ -219,8 +240,18 @@ impl Endpoint {
             Endpoint::ChangelogPage => on(filter, ops::changelog_page),
             Endpoint::ChangelogFeed => on(filter, ops::changelog_feed),
             Endpoint::MailDeliveries => on(filter, ops::deliveries),
+            Endpoint::ListRecipients => on(filter, recipients::list),
+            Endpoint::AddRecipient => on(filter, recipients::add),
+            Endpoint::RemoveRecipient => on(filter, recipients::remove),
+            Endpoint::UnsubscribePage => on(filter, recipients::unsubscribe_page),
+            Endpoint::Unsubscribe => on(filter, recipients::unsubscribe),
             Endpoint::Status => on(filter, ops::status),
             Endpoint::StatusPage => on(filter, ops::status_page),
+            Endpoint::RecordIncident => on(filter, status::record_incident),
+            Endpoint::ListIncidents => on(filter, status::list_incidents),
+            Endpoint::Home => on(filter, ops::home_page),
+            Endpoint::OpenApi => on(filter, openapi::serve),
+            Endpoint::Cluster => on(filter, cluster::show),
         }
     }
 }

@@ -144,8 +144,21 @@ const MATRIX: &[Row] = &[
     ("GET", "/changelog", PUBLIC),
     ("GET", "/changelog.atom", PUBLIC),
     ("GET", "/v1/announcements/deliveries", operator_only(200)),
+    // Each operator cell adds a member of its own; DELETE (after POST, in ROUTES order) removes it.
+    ("GET", "/v1/announcements/recipients", operator_only(200)),
+    ("POST", "/v1/announcements/recipients", operator_only(201)),
+    ("DELETE", "/v1/announcements/recipients/{address}", operator_only(204)),
+    // Anyone holding a signed link (the fixture's); unsubscribing is idempotent.
+    ("GET", "/v1/announcements/unsubscribe", PUBLIC),
+    ("POST", "/v1/announcements/unsubscribe", PUBLIC),
     ("GET", "/v1/status", PUBLIC),
     ("GET", "/status", PUBLIC),
+    // Each operator cell records an incident of its own id.
+    ("POST", "/v1/incidents", operator_only(201)),
+    ("GET", "/v1/incidents", PUBLIC),
+    ("GET", "/", PUBLIC),
+    ("GET", "/openapi.json", PUBLIC),
+    ("GET", "/v1/cluster", operator_only(200)),
 ];
 
 /// A subscription owned by the consumer of `t`.
@@ -176,8 +189,11 @@ fn concrete_request(method: &Method, path: &str, column: usize) -> (String, Opti
     let role = if path.starts_with("/v1/consumers") { "c" } else { "p" };
     let name =
         if *method == Method::DELETE { format!("victim-{role}-{column}") } else { format!("target-{role}") };
-    let uri =
-        path.replace("{topic}", "t").replace("{name}", &name).replace("{group}", &format!("g-{column}"));
+    let uri = path
+        .replace("{topic}", "t")
+        .replace("{name}", &name)
+        .replace("{group}", &format!("g-{column}"))
+        .replace("{address}", &format!("cell-{column}@example.org"));
     let body = match (method.as_str(), path) {
         ("POST", "/v1/topics") => Some(json!({ "name": format!("new-topic-{column}") })),
         ("PATCH", "/v1/topics/{topic}") => Some(json!({ "retention": "30d" })),
@@ -191,9 +207,16 @@ fn concrete_request(method: &Method, path: &str, column: usize) -> (String, Opti
             "message": format!("matrix cell {column}"), "announcement": "https://example.org/a/1",
         })),
         ("PATCH", "/v1/maintenance/{window}") => Some(json!({ "message": "changed" })),
+        ("POST", "/v1/announcements/recipients") => {
+            Some(json!({ "address": format!("cell-{column}@example.org") }))
+        }
         ("POST", "/v1/announcements") => {
             Some(json!({ "kind": "general", "title": format!("cell {column}") }))
         }
+        ("POST", "/v1/incidents") => Some(json!({
+            "id": format!("cell-{column}"), "started_at": "2026-01-01T00:00:00Z",
+            "ended_at": "2026-01-01T00:12:00Z", "detected_by": "matrix",
+        })),
         ("PATCH", _) => Some(json!({ "contact": "ops@example.org" })),
         _ => None,
     };
@@ -228,7 +251,10 @@ async fn every_route_answers_every_caller_as_the_matrix_says() {
             } else {
                 &target_subscription
             };
-            let uri = uri.replace("{id}", id).replace("{window}", &fx.window);
+            let mut uri = uri.replace("{id}", id).replace("{window}", &fx.window);
+            if spec.path == "/v1/announcements/unsubscribe" {
+                uri.clone_from(&fx.unsubscribe);
+            }
             let token = fx.token(*who);
             let reply = fx.call(spec.method.clone(), &uri, token.as_deref(), body, peer(column)).await;
             let want = expected[column];
@@ -612,6 +638,8 @@ struct Fixture {
     tokens: Vec<(Who, String)>,
     /// A maintenance window far in the future, for the PATCH and DELETE rows.
     window: String,
+    /// A signed one-click unsubscribe link (path and query), for the unsubscribe rows.
+    unsubscribe: String,
 }
 
 /// Nothing listens on the discard port: the matrix's subscriptions never deliver (and never need to).
@@ -662,6 +690,10 @@ impl Fixture {
             webhooks: None,
             ops: Default::default(),
             catalogue: None,
+            cluster: Some(esgf_events_http::Cluster {
+                leases: esgf_events_meta::lease::Leases::new(Arc::clone(&meta), "node-1", Default::default()),
+                nodes: esgf_events_meta::lease::Nodes::new(Arc::clone(&meta), Default::default()),
+            }),
         };
         let announcements = Arc::new(esgf_events_ops::announcements::Announcements::new(
             Arc::clone(&meta),
@@ -687,27 +719,37 @@ impl Fixture {
             .await
             .expect("window")
             .id;
+        // Never run: the matrix only reads its (empty) delivery records and manages its list.
+        let mailer = Arc::new(
+            esgf_events_ops::mail::Mailer::new(
+                esgf_events_ops::mail::MailConfig::new(
+                    "smtp://127.0.0.1:9".to_owned(),
+                    "events@example.org".to_owned(),
+                    Vec::new(),
+                ),
+                Arc::clone(&meta),
+                Arc::clone(&announcements),
+                Arc::new(Vec::new),
+                Arc::new(SystemClock),
+            )
+            .expect("mailer"),
+        );
+        let unsubscribe =
+            mailer.list().unsubscribe_url("", "matrix@example.org").await.expect("unsubscribe link");
         let ops = esgf_events_ops::Ops {
             metrics: esgf_events_ops::metrics::prometheus(),
             maintenance: Some(Arc::new(maintenance)),
             announcements: Some(Arc::clone(&announcements)),
             changelog: Some(Arc::clone(&meta)),
             public_url: None,
-            // Never run: the matrix only reads its (empty) delivery records.
-            mail: Some(Arc::new(
-                esgf_events_ops::mail::Mailer::new(
-                    esgf_events_ops::mail::MailConfig::new(
-                        "smtp://127.0.0.1:9".to_owned(),
-                        "events@example.org".to_owned(),
-                        Vec::new(),
-                    ),
-                    Arc::clone(&meta),
-                    Arc::clone(&announcements),
-                    Arc::new(Vec::new),
-                    Arc::new(SystemClock),
-                )
-                .expect("mailer"),
-            )),
+            mail: Some(mailer),
+            status: Some(Arc::new(esgf_events_ops::status::StatusRecorder::new(
+                store.clone(),
+                Arc::clone(&meta),
+                None,
+                Arc::new(SystemClock),
+                Default::default(),
+            ))),
         };
         let server = Server { ops, ..server };
         let webhooks = Arc::new(
@@ -723,6 +765,7 @@ impl Fixture {
             webhooks,
             tokens: Vec::new(),
             window,
+            unsubscribe,
             _dir: dir,
         };
 

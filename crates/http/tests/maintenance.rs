@@ -59,6 +59,7 @@ impl Fixture {
             changelog: Some(meta),
             public_url: None,
             mail: None,
+            status: None,
         };
         let server = Server {
             store,
@@ -69,6 +70,7 @@ impl Fixture {
             webhooks: None,
             ops,
             catalogue: None,
+            cluster: None,
         };
         Fixture { app: app(&server), _dir: dir, clock }
     }

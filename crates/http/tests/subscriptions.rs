@@ -48,6 +48,7 @@ impl Fixture {
             webhooks: Some(webhooks.clone() as Arc<dyn SubscriptionControl>),
             ops: Default::default(),
             catalogue: None,
+            cluster: None,
         };
         Fixture { app: app(&server), _dir: dir, store, webhooks }
     }

@@ -68,6 +68,7 @@ async fn tls_round_trip_with_a_stalled_handshake_alongside() {
         webhooks: None,
         ops: Default::default(),
         catalogue: None,
+        cluster: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");

@@ -4,7 +4,8 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 
 use esgf_events_auth::{Action, Identity};
 use esgf_events_engine::{Retention, StoreError, TopicConfig, TopicInfo};
@@ -14,6 +15,7 @@ use kafka_protocol::protocol::StrBytes;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
+use crate::cluster::{Cluster, KafkaNode, SingleNode};
 use crate::codec::{Request, Response, SUPPORTED};
 use crate::errors::{self, NONE, code};
 use crate::groups::Coordinator;
@@ -73,6 +75,9 @@ pub struct Broker {
     pub(crate) ctx: KafkaContext,
     pub(crate) groups: Coordinator,
     pub(crate) producers: Producers,
+    cluster: Arc<dyn Cluster>,
+    /// Whether this node coordinated groups at the last tick (to drop its groups once it no longer does).
+    was_coordinator: AtomicBool,
     bound_port: AtomicU16,
     stopping: watch::Sender<bool>,
 }
@@ -80,10 +85,19 @@ pub struct Broker {
 impl Broker {
     pub fn new(ctx: KafkaContext) -> Self {
         let groups = Coordinator::new(ctx.offsets.clone());
+        let cluster = ctx.config.cluster.clone().unwrap_or_else(|| {
+            Arc::new(SingleNode::new(KafkaNode {
+                node_id: ctx.config.node_id,
+                host: ctx.config.advertised_host.clone(),
+                port: ctx.config.advertised_port,
+            }))
+        });
         Broker {
             ctx,
             groups,
             producers: Producers::new(),
+            was_coordinator: AtomicBool::new(cluster.is_coordinator()),
+            cluster,
             bound_port: AtomicU16::new(0),
             stopping: watch::channel(false).0,
         }
@@ -172,19 +186,41 @@ impl Broker {
         self.bound_port.store(port, Ordering::Relaxed);
     }
 
-    pub(crate) fn advertised_port(&self) -> i32 {
-        match self.config().advertised_port {
-            0 => i32::from(self.bound_port.load(Ordering::Relaxed)),
-            port => i32::from(port),
-        }
+    /// Port 0 names this node's own listener (a single node configured with advertised port 0).
+    fn advertised(&self, node: KafkaNode) -> (BrokerId, StrBytes, i32) {
+        let port = match node.port {
+            0 => self.bound_port.load(Ordering::Relaxed),
+            port => port,
+        };
+        (BrokerId(node.node_id), StrBytes::from_string(node.host), i32::from(port))
     }
 
     pub(crate) fn node(&self) -> BrokerId {
-        BrokerId(self.config().node_id)
+        BrokerId(self.cluster.this_node().node_id)
     }
 
-    /// Session timeouts and abandoned rebalances are enforced by calling this periodically.
+    /// `Err(NOT_COORDINATOR)` unless this node coordinates groups now. Checked before anything else in a group
+    /// request, so a node that is not the coordinator neither touches group state nor claims groups.
+    pub(crate) fn coordinating(&self) -> Result<(), i16> {
+        if self.cluster.is_coordinator() { Ok(()) } else { Err(errors::not_coordinator()) }
+    }
+
+    /// Session timeouts and abandoned rebalances are enforced by calling this periodically. It also drops
+    /// every group once this node stops coordinating: their members rejoin at the new coordinator, and the
+    /// committed offsets they resume from are in the shared store.
     pub fn tick(&self) {
+        let coordinating = self.cluster.is_coordinator();
+        let was = self.was_coordinator.swap(coordinating, Ordering::Relaxed);
+        if !coordinating {
+            let dropped = self.groups.drop_all(errors::not_coordinator());
+            if was || dropped > 0 {
+                info!(groups = dropped, "no longer the Kafka group coordinator: groups dropped");
+            }
+            return;
+        }
+        if !was {
+            info!("now the Kafka group coordinator");
+        }
         self.groups.expire(std::time::Instant::now());
     }
 
@@ -224,7 +260,11 @@ impl Broker {
             Request::JoinGroup(r) => Response::JoinGroup(self.join_group(session, version, r).await),
             Request::SyncGroup(r) => Response::SyncGroup(self.sync_group(session, version, r).await),
             Request::Heartbeat(r) => {
-                if let Err(error) = self.group_access(session, &r.group_id.0).await {
+                let allowed = match self.coordinating() {
+                    Ok(()) => self.group_access(session, &r.group_id.0).await,
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = allowed {
                     let mut response = HeartbeatResponse::default();
                     response.error_code = error;
                     return Some(Response::Heartbeat(response));
@@ -232,7 +272,11 @@ impl Broker {
                 Response::Heartbeat(self.heartbeat(session, r))
             }
             Request::LeaveGroup(r) => {
-                if let Err(error) = self.group_access(session, &r.group_id.0).await {
+                let allowed = match self.coordinating() {
+                    Ok(()) => self.group_access(session, &r.group_id.0).await,
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = allowed {
                     let mut response = LeaveGroupResponse::default();
                     response.error_code = error;
                     return Some(Response::LeaveGroup(response));
@@ -306,11 +350,19 @@ impl Broker {
 
     async fn metadata(&self, session: &Session, version: i16, request: MetadataRequest) -> MetadataResponse {
         let mut response = MetadataResponse::default();
-        let mut broker = metadata_response::MetadataResponseBroker::default();
-        broker.node_id = self.node();
-        broker.host = StrBytes::from_string(self.config().advertised_host.clone());
-        broker.port = self.advertised_port();
-        response.brokers = vec![broker];
+        response.brokers = self
+            .cluster
+            .brokers()
+            .into_iter()
+            .map(|node| {
+                let (node_id, host, port) = self.advertised(node);
+                let mut broker = metadata_response::MetadataResponseBroker::default();
+                broker.node_id = node_id;
+                broker.host = host;
+                broker.port = port;
+                broker
+            })
+            .collect();
         if version >= 2 {
             response.cluster_id = Some(StrBytes::from_string(self.config().cluster_id.clone()));
         }
@@ -377,6 +429,10 @@ impl Broker {
             .map(|p| {
                 let mut partition = metadata_response::MetadataResponsePartition::default();
                 partition.partition_index = p as i32;
+                // Every node serves every partition: the log and the committed offsets are in the shared store
+                // and each node reads and appends through it. Naming the node asked keeps a client on the node
+                // it chose (or was balanced to) and needs no agreement between nodes; a client of a node that
+                // died refreshes its metadata elsewhere and is then led there.
                 partition.leader_id = self.node();
                 partition.replica_nodes = vec![self.node()];
                 partition.isr_nodes = vec![self.node()];
@@ -388,9 +444,15 @@ impl Broker {
 
     fn find_coordinator(&self, version: i16, request: FindCoordinatorRequest) -> FindCoordinatorResponse {
         let mut response = FindCoordinatorResponse::default();
+        // One node coordinates every group: the holder of the coordinator lease.
+        let coordinator = self.cluster.coordinator().map(|node| self.advertised(node));
         // Key type 1 asks for a transaction coordinator: transactions are not supported.
-        let error = if request.key_type == 0 { NONE } else { code(ResponseError::InvalidRequest) };
-        let host = StrBytes::from_string(self.config().advertised_host.clone());
+        let error = match (&coordinator, request.key_type) {
+            (_, key_type) if key_type != 0 => code(ResponseError::InvalidRequest),
+            (None, _) => errors::coordinator_not_available(),
+            (Some(_), _) => NONE,
+        };
+        let (node_id, host, port) = coordinator.unwrap_or((BrokerId(-1), StrBytes::default(), -1));
         if version >= 4 {
             response.coordinators = request
                 .coordinator_keys
@@ -400,9 +462,12 @@ impl Broker {
                     c.key = key;
                     c.error_code = error;
                     if error == NONE {
-                        c.node_id = self.node();
+                        c.node_id = node_id;
                         c.host = host.clone();
-                        c.port = self.advertised_port();
+                        c.port = port;
+                    } else {
+                        c.node_id = BrokerId(-1);
+                        c.port = -1;
                     }
                     c
                 })
@@ -410,11 +475,15 @@ impl Broker {
         } else {
             response.error_code = error;
             if error == NONE {
-                response.node_id = self.node();
+                response.node_id = node_id;
                 response.host = host;
-                response.port = self.advertised_port();
+                response.port = port;
             } else if version >= 1 {
-                response.error_message = Some(StrBytes::from_static_str("transactions are not supported"));
+                response.error_message = Some(StrBytes::from_static_str(if request.key_type != 0 {
+                    "transactions are not supported"
+                } else {
+                    "no node coordinates groups right now"
+                }));
             }
         }
         response

@@ -67,6 +67,18 @@ pub fn shutting_down() -> i16 {
     code(ResponseError::NotCoordinator)
 }
 
+/// A group request reached a node that does not coordinate groups now (another node holds the coordinator
+/// lease, or this one just lost it): retriable, the client asks FindCoordinator again.
+pub fn not_coordinator() -> i16 {
+    code(ResponseError::NotCoordinator)
+}
+
+/// No node holds the coordinator lease yet (the holder died and its lease has not expired, or nobody took it
+/// yet): retriable, the client backs off and asks FindCoordinator again.
+pub fn coordinator_not_available() -> i16 {
+    code(ResponseError::CoordinatorNotAvailable)
+}
+
 /// Authentication failed (wrong password, unknown or revoked principal, expired credential).
 pub fn authentication_failed(_error: &AuthError) -> i16 {
     code(ResponseError::SaslAuthenticationFailed)
@@ -178,6 +190,14 @@ mod tests {
         assert_eq!(group_denied(), 30);
         assert_eq!(cluster_denied(), 31);
         assert_eq!(authentication_failed(&AuthError::Missing), 58);
+    }
+
+    #[test]
+    fn coordinator_codes_are_retriable() {
+        for code in [not_coordinator(), coordinator_not_available()] {
+            assert!(ResponseError::try_from_code(code).unwrap().is_retriable());
+        }
+        assert_eq!((not_coordinator(), coordinator_not_available()), (16, 15));
     }
 
     #[test]

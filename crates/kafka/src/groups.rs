@@ -288,22 +288,44 @@ impl Coordinator {
         groups.retain(|_, g| g.state != State::Empty || !g.members.is_empty());
     }
 
+    /// Forgets every group, answering members waiting in a join or sync with `error`; returns how many
+    /// groups there were. For a node that stopped coordinating: its members rejoin at the new coordinator.
+    pub(crate) fn drop_all(&self, error: i16) -> usize {
+        let dropped = std::mem::take(&mut *self.lock());
+        let count = dropped.len();
+        for (_, group) in dropped {
+            for (id, member) in group.members {
+                if let Some(waiter) = member.join_waiter {
+                    let _ = waiter.send(JoinResult::error(error, &id));
+                }
+                if let Some(waiter) = member.sync_waiter {
+                    let _ = waiter.send(SyncResult { error, ..SyncResult::default() });
+                }
+            }
+        }
+        count
+    }
+
     /// The principal owning `group_id` now (the one whose consumers are members), if any.
     #[allow(dead_code)]
     pub(crate) fn owner(&self, group_id: &str) -> Option<String> {
         self.lock().get(group_id).and_then(|g| if g.members.is_empty() { None } else { g.owner.clone() })
     }
 
-    /// Checks a commit against the group's membership, as Kafka does. `Ok` for a member of the current
-    /// generation, and for a consumer outside any group (generation -1) while the group has no members.
+    /// Checks a commit against the group's membership. `Ok` for a member of the current generation, and for
+    /// any commit while the group has no members here.
+    ///
+    /// Kafka refuses a commit naming a generation to a group without members, because its coordinator never
+    /// forgets a generation. Membership here is in memory: a group without members is usually one this node
+    /// has not seen since it restarted or took the coordination over, and the commit comes from a member of
+    /// the previous coordinator's generation that has not rejoined yet. Refusing it would make that member
+    /// consume its last records again. Accepting it fences nothing less than Kafka does: while the group has
+    /// no members, anyone may commit to it with generation -1 anyway.
     fn validate_commit(&self, group_id: &str, generation: i32, member_id: &str) -> Result<(), i16> {
         let mut groups = self.lock();
-        let Some(group) = groups.get_mut(group_id) else {
-            return if generation < 0 { Ok(()) } else { Err(code(ResponseError::IllegalGeneration)) };
-        };
-        if generation < 0 && member_id.is_empty() && group.members.is_empty() {
+        let Some(group) = groups.get_mut(group_id).filter(|g| !g.members.is_empty()) else {
             return Ok(());
-        }
+        };
         let Some(member) = group.members.get_mut(member_id) else {
             return Err(code(ResponseError::UnknownMemberId));
         };
@@ -375,6 +397,9 @@ impl Broker {
         request: JoinGroupRequest,
     ) -> JoinGroupResponse {
         let member_id = request.member_id.to_string();
+        if let Err(error) = self.coordinating() {
+            return join_response(version, JoinResult::error(error, &member_id));
+        }
         if let Err(error) = self.group_access(session, &request.group_id.0).await {
             return join_response(version, JoinResult::error(error, &member_id));
         }
@@ -529,6 +554,9 @@ impl Broker {
         version: i16,
         request: SyncGroupRequest,
     ) -> SyncGroupResponse {
+        if let Err(error) = self.coordinating() {
+            return sync_response(version, SyncResult { error, ..SyncResult::default() });
+        }
         if let Err(error) = self.group_access(session, &request.group_id.0).await {
             return sync_response(version, SyncResult { error, ..SyncResult::default() });
         }
@@ -721,6 +749,10 @@ impl Broker {
         let group_id = request.group_id.0.to_string();
         let membership = if group_id.is_empty() {
             Err(code(ResponseError::InvalidGroupId))
+        } else if let Err(error) = self.coordinating() {
+            // Only the coordinator validates commits against the generation: a commit accepted elsewhere could
+            // come from a member the coordinator has already fenced out.
+            Err(error)
         } else if let Err(error) = self.group_access(session, &group_id).await {
             Err(error)
         } else {
@@ -871,6 +903,17 @@ impl Broker {
     ) -> (i16, Vec<(TopicName, Vec<(i32, i64, String, i16)>)>) {
         if group_id.is_empty() {
             return (code(ResponseError::InvalidGroupId), Vec::new());
+        }
+        if let Err(error) = self.coordinating() {
+            // Each requested partition carries the error too: v0 and v1 have no group-level error field.
+            let refused = topics
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, partitions)| {
+                    (name, partitions.into_iter().map(|p| (p, -1, String::new(), error)).collect())
+                })
+                .collect();
+            return (error, refused);
         }
         if let Err(error) = self.group_access(session, group_id).await {
             return (error, Vec::new());

@@ -1,8 +1,10 @@
 //! The Kafka wire-protocol endpoint of the ESGF Event Service: existing Kafka producers and consumers
 //! (librdkafka/confluent-kafka, kafka-python, the Java client) talk to the same log as the HTTP API, unchanged.
 //!
-//! The service is a single-node "cluster": Metadata names this node as the leader of every partition and
-//! FindCoordinator names it as every group's coordinator. Topics are never created by Metadata requests.
+//! Every service node is the leader of every partition (they share the log), so Metadata names this node as
+//! leader; the live brokers and the group coordinator come from a [`cluster::Cluster`]: by default this node
+//! alone ([`cluster::SingleNode`]), or, with several nodes on one store, the holder of the `kafka-coordinator`
+//! lease ([`cluster::ClusterView`]). Topics are never created by Metadata requests.
 //!
 //! Layers, each testable on its own:
 //! - [`codec`]: bytes of one frame to typed requests and back (schemas from `kafka-protocol`), behind a
@@ -12,6 +14,7 @@
 //!
 //! Supported APIs and versions: [`codec::SUPPORTED`]. Error codes: [`errors`].
 
+pub mod cluster;
 pub mod codec;
 pub mod errors;
 
@@ -23,6 +26,9 @@ mod produce;
 mod records;
 mod sasl;
 mod server;
+
+#[cfg(test)]
+mod routing_tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +47,7 @@ pub struct KafkaConfig {
     pub advertised_host: String,
     /// Port clients are told to connect to; 0 means the port the listener is bound to.
     pub advertised_port: u16,
-    /// This node's broker id.
+    /// This node's broker id when it is alone (no [`KafkaConfig::cluster`]; a cluster names its own).
     pub node_id: i32,
     /// Lets clients that did not authenticate read topics marked public (only with authentication on).
     pub allow_anonymous_public_read: bool,
@@ -60,6 +66,9 @@ pub struct KafkaConfig {
     /// Maintenance windows shared with HTTP: produce (and, in full mode, fetch) answer a retriable error while
     /// one is active. `None`: never.
     pub maintenance: Option<Arc<esgf_events_ops::MaintenanceState>>,
+    /// The other service nodes and the group coordinator. `None`: this node alone ([`cluster::SingleNode`]
+    /// from `node_id`, `advertised_host` and `advertised_port`).
+    pub cluster: Option<Arc<dyn cluster::Cluster>>,
 }
 
 impl Default for KafkaConfig {
@@ -76,6 +85,7 @@ impl Default for KafkaConfig {
             max_fetch_wait: Duration::from_secs(30),
             cluster_id: "esgf-events".to_owned(),
             maintenance: None,
+            cluster: None,
         }
     }
 }
@@ -94,6 +104,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("max_fetch_wait", &self.max_fetch_wait)
             .field("cluster_id", &self.cluster_id)
             .field("maintenance", &self.maintenance.is_some())
+            .field("cluster", &self.cluster.is_some())
             .finish()
     }
 }

@@ -128,6 +128,7 @@ impl Broker {
             }
             Err(e) => {
                 session.close = true;
+                esgf_events_ops::metrics::auth_failure("kafka");
                 auth.record(AuditEntry {
                     seq: 0,
                     time: 0,

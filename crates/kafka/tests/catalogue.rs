@@ -51,6 +51,7 @@ async fn fixture() -> Fixture {
         webhooks: None,
         ops: Default::default(),
         catalogue: Some(Arc::clone(&catalogue)),
+        cluster: None,
     });
     Fixture { broker: Broker::new(ctx), store, catalogue, http, _dir: dir }
 }

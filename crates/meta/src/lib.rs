@@ -7,6 +7,7 @@
 //! Kafka or JSON.
 
 pub mod changelog;
+pub mod lease;
 pub mod offsets;
 mod redb_store;
 
@@ -33,6 +34,23 @@ pub struct Write {
     pub key: String,
     pub value: Option<Bytes>,
 }
+
+/// A change to the store seen through [`MetaStore::watch`], made by this process or another one.
+///
+/// A notification says only *that* something changed, never the new value: the receiver reads the key again,
+/// so it always ends with the current state whatever order notifications arrive in or how many it coalesces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// `key` of `collection` was written or deleted.
+    Key { collection: String, key: String },
+    /// Changes may have been missed (the watch restarted, or a receiver fell behind): treat everything as
+    /// changed and reload.
+    All,
+}
+
+/// How many notifications a [`MetaStore::watch`] receiver may fall behind before it is told
+/// [`tokio::sync::broadcast::error::RecvError::Lagged`] (which a receiver must treat as [`Change::All`]).
+pub const WATCH_CAPACITY: usize = 1024;
 
 /// A durable, transactional key-value store of named collections and append-only logs.
 ///
@@ -61,6 +79,21 @@ pub trait MetaStore: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Bytes)>, MetaError>;
+
+    /// Notifications of changes to `collections` (all collections when empty; never logs) made through any
+    /// handle on the same store, in other processes too, each delivered once the change is durable and
+    /// readable. `None` when the backend cannot be shared between processes (redb: one process owns the
+    /// file, and its own writers keep their caches up to date), so there is nothing to follow.
+    ///
+    /// Each call starts its own follower (so call it once per cache owner and share the receiver), which
+    /// sends [`Change::All`] whenever it (re)starts following — its first message — and stops when the
+    /// last receiver is dropped. A receiver that falls more than [`WATCH_CAPACITY`] behind gets `Lagged`,
+    /// which means [`Change::All`] too. Name only the collections that are cached: hot ones (event ids,
+    /// consumer offsets) would be sent to every node on every write.
+    fn watch(&self, collections: &[&'static str]) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        let _ = collections;
+        None
+    }
 
     async fn put(&self, collection: &'static str, key: &str, value: Bytes) -> Result<(), MetaError> {
         self.write(vec![Write { collection, key: key.to_owned(), value: Some(value) }]).await

@@ -123,6 +123,34 @@ impl GroupOffsets {
         }
         Ok(out)
     }
+
+    /// Every committed offset of every group, as `(group, offset)`, at most `limit` (key order). Unreadable
+    /// entries are skipped with an error log: one corrupt entry must not hide every group's lag.
+    pub async fn all(&self, limit: usize) -> Result<Vec<(String, CommittedOffset)>, OffsetsError> {
+        let entries = self.store.scan(COLLECTION, "").await?;
+        let mut out = Vec::with_capacity(entries.len().min(limit));
+        for (key, value) in entries.into_iter().take(limit) {
+            let mut parts = key.splitn(3, SEP);
+            let (Some(group), Some(topic), Some(partition)) = (parts.next(), parts.next(), parts.next())
+            else {
+                skip_corrupt(&key);
+                continue;
+            };
+            let Ok(partition) = partition.parse::<u32>() else {
+                skip_corrupt(&key);
+                continue;
+            };
+            match decode_entry(&key, topic.to_owned(), partition, &value) {
+                Ok(entry) => out.push((group.to_owned(), entry)),
+                Err(_) => skip_corrupt(&key),
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn skip_corrupt(key: &str) {
+    tracing::error!(key = %key.escape_default(), "unreadable consumer-group offset entry skipped");
 }
 
 fn check_name(name: &str) -> Result<(), OffsetsError> {

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_nats::header::HeaderMap;
-use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::message::{PublishMessage, StreamMessage};
 use async_nats::jetstream::stream::{Config as StreamConfig, Info as StreamInfo, RawMessage};
 use async_nats::{Client, RequestErrorKind};
 use bytes::Bytes;
@@ -207,11 +207,15 @@ struct DeleteResponse {
 pub(crate) struct Js {
     client: Client,
     timeout: Duration,
+    /// The same connection through async-nats's JetStream layer, for publishes whose acknowledgement is awaited
+    /// later ([`Js::send_atomic`]).
+    context: async_nats::jetstream::Context,
 }
 
 impl Js {
     pub(crate) fn new(client: Client, timeout: Duration) -> Self {
-        Js { client, timeout }
+        let context = async_nats::jetstream::ContextBuilder::new().timeout(timeout).build(client.clone());
+        Js { client, timeout, context }
     }
 
     pub(crate) fn client(&self) -> &Client {
@@ -420,14 +424,10 @@ impl Js {
         Self::parse(&reply)
     }
 
-    /// Publishes `msgs` as one atomic batch (ADR-50, nats-server 2.12+) on one subject: the stream stores
-    /// all of them, consecutively, or none. The server accepts `Nats-Expected-Last-Sequence` on the first
-    /// message only. A one-message "batch" is a plain publish.
-    pub(crate) async fn publish_atomic(&self, subject: &str, msgs: Vec<OutMsg>) -> Result<PubAck, JsError> {
-        self.publish_atomic_multi(msgs.into_iter().map(|m| (subject.to_owned(), m)).collect()).await
-    }
-
-    /// [`Js::publish_atomic`] with a subject per message (all of one stream).
+    /// Publishes `msgs` as one atomic batch (ADR-50, nats-server 2.12+), a subject per message (all of one
+    /// stream), and waits for the acknowledgement: the stream stores all of them, consecutively, or none. The
+    /// server accepts `Nats-Expected-Last-Sequence` on the first message only. A one-message "batch" is a
+    /// plain publish. (The log's appends use [`Js::send_atomic`], which does not wait.)
     pub(crate) async fn publish_atomic_multi(
         &self,
         mut msgs: Vec<(String, OutMsg)>,
@@ -463,6 +463,91 @@ impl Js {
             } else {
                 self.client
                     .publish_with_headers(subject, msg.headers, msg.payload)
+                    .await
+                    .map_err(|e| JsError::Unavailable(e.to_string()))?;
+            }
+        }
+        Err(JsError::Refused("empty batch".into()))
+    }
+}
+
+/// An atomic batch (or single message) sent to the server whose acknowledgement has not been read yet.
+pub(crate) struct PendingAck {
+    ack: async_nats::jetstream::context::PublishAckFuture,
+    n: usize,
+}
+
+impl PendingAck {
+    /// The acknowledgement: the commit's `PubAck`, or the server's refusal, or `Unavailable` when none came in
+    /// time (the batch may or may not have been stored).
+    pub(crate) async fn wait(self) -> Result<PubAck, JsError> {
+        use async_nats::jetstream::context::PublishErrorKind as Kind;
+        let ack = self.ack.await.map_err(|e| {
+            // The server's refusal travels as the error's source, with its codes.
+            let api = std::error::Error::source(&e)
+                .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>());
+            match (e.kind(), api) {
+                (_, Some(api)) => JsError::Api {
+                    status: u16::try_from(api.code()).unwrap_or(0),
+                    err_code: api.error_code().0,
+                    description: api.to_string(),
+                },
+                (Kind::MaxPayloadExceeded, None) => JsError::Refused(e.to_string()),
+                // No answer in time, connection lost, no responders (no stream leader took it).
+                (Kind::TimedOut | Kind::BrokenPipe | Kind::StreamNotFound | Kind::MaxAckPending, None) => {
+                    JsError::Unavailable(e.to_string())
+                }
+                (_, None) => JsError::Protocol(e.to_string()),
+            }
+        })?;
+        if self.n > 1 && ack.batch_size.is_some_and(|c| c != self.n as u64) {
+            return Err(JsError::Protocol(format!(
+                "batch of {} messages committed with count {:?}",
+                self.n, ack.batch_size
+            )));
+        }
+        Ok(PubAck { seq: ack.sequence, count: ack.batch_size })
+    }
+}
+
+impl Js {
+    /// Sends `msgs` to `subject` as one atomic batch (a single message as a plain publish) and returns once
+    /// they are handed to the connection, without waiting for the acknowledgement: the server receives what
+    /// one connection sends in the order it was sent, so a caller that serialises `send_atomic` calls can
+    /// pipeline appends whose expectations chain (`Nats-Expected-Last-Sequence`) and still have them stored
+    /// in that order. The acknowledgement comes back through the connection's shared reply subscription (no
+    /// subscription per append). Long batches are flow-controlled as in [`Js::publish_atomic_multi`].
+    pub(crate) async fn send_atomic(&self, subject: &str, msgs: Vec<OutMsg>) -> Result<PendingAck, JsError> {
+        let n = msgs.len();
+        let batch_id = random_id(22);
+        for (i, mut msg) in msgs.into_iter().enumerate() {
+            let sequence = i + 1;
+            if n > 1 {
+                msg.headers.insert("Nats-Batch-Id", batch_id.as_str());
+                msg.headers.insert("Nats-Batch-Sequence", sequence.to_string().as_str());
+            }
+            if sequence == n {
+                if n > 1 {
+                    msg.headers.insert("Nats-Batch-Commit", "1");
+                }
+                let publish = PublishMessage::build().headers(msg.headers).payload(msg.payload);
+                let ack = self.context.send_publish(subject.to_owned(), publish).await.map_err(|e| {
+                    use async_nats::jetstream::context::PublishErrorKind as Kind;
+                    match e.kind() {
+                        Kind::MaxPayloadExceeded => JsError::Refused(e.to_string()),
+                        _ => JsError::Unavailable(e.to_string()),
+                    }
+                })?;
+                return Ok(PendingAck { ack, n });
+            }
+            if sequence % BATCH_FLOW_EVERY == 0 {
+                let reply = self.request_raw(subject.to_owned(), Some(msg.headers), msg.payload).await?;
+                if !reply.is_empty() {
+                    Self::parse::<serde_json::Value>(&reply)?;
+                }
+            } else {
+                self.client
+                    .publish_with_headers(subject.to_owned(), msg.headers, msg.payload)
                     .await
                     .map_err(|e| JsError::Unavailable(e.to_string()))?;
             }

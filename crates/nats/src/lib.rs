@@ -13,7 +13,9 @@
 //! - The topic catalogue (partitions, retention, creation time, incarnation) is the KV bucket
 //!   [`TOPICS_BUCKET`]; a topic exists exactly when its entry does. Creation makes the streams first and
 //!   writes the entry last, conditionally, so one of two concurrent creators wins and a half-created topic
-//!   is never visible; deletion removes the entry first, then seals the streams (so another node still
+//!   is never visible. `describe_topic` answers from this process's copy of the entry when it is less than
+//!   a second old (the HTTP API describes the topic on every publish), `list_topics` always reads the
+//!   catalogue. Deletion removes the entry first, then seals the streams (so another node still
 //!   holding the topic cannot get an append acknowledged into a stream about to vanish), then deletes them.
 //! - A record is one message: value = payload, byte for byte; timestamp, key and headers in `Esgf-*`
 //!   message headers (see `codec.rs` for the exact encoding).
@@ -32,8 +34,12 @@
 //!   delete, purge and rollup are disabled on the stream (`deny_delete`, `deny_purge`, no `allow_rollup`),
 //!   there are no per-subject limits and no per-message TTLs. (Checked by `retention_removes_from_the_front_only`.)
 //! - Every append names the sequence it expects to follow (`Nats-Expected-Last-Sequence` on its first
-//!   message). Within a process, appends to a partition are serialised by one lock; across service nodes,
-//!   JetStream's check serialises them: of two nodes appending after the same tail, one is refused with
+//!   message). Within a process, appends to a partition take turns at one lock to choose that expectation
+//!   and hand their messages to the connection, each expecting the tail left by the appends sent before it,
+//!   then wait for their acknowledgements outside the lock (pipelined, up to 16 per partition): one
+//!   connection delivers them in order, so they are stored in that order; if one fails, those chained onto
+//!   it are refused too and retry on the re-read tail. Across service nodes, JetStream's check serialises
+//!   them: of two nodes appending after the same tail, one is refused with
 //!   "wrong last sequence", re-reads the tail and tries again. An append whose acknowledgement is lost (the
 //!   connection broke, the leader moved) is retried with the same expectation, so it cannot land twice; before
 //!   retrying, the backend checks whether the message after the old tail carries its own `Esgf-Append` id,
@@ -93,6 +99,7 @@ mod log;
 mod meta;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod watch;
 
 pub use async_nats::Client as NatsClient;
 pub use config::{ConnectError, NatsAuth, NatsConfig, connect};

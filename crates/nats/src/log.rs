@@ -14,7 +14,7 @@ use esgf_events_engine::{
 };
 use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::api::{self, Js, JsError, OutMsg, StoredMsg, code};
@@ -30,6 +30,18 @@ const MAX_PARTITIONS: u32 = 1024;
 
 /// Streams created or deleted concurrently when a topic is.
 const STREAM_ADMIN_CONCURRENCY: usize = 8;
+
+/// Appends of this process to one partition that may await their acknowledgements at once (the rest queue).
+/// Pipelining is what lets concurrent producers share the round trip to the stream leader; JetStream bounds
+/// atomic batches in flight per stream too, and refusing on that limit is retried.
+const MAX_APPENDS_IN_FLIGHT: usize = 16;
+
+/// How old a topic description `describe_topic` may answer from this process's cache. The HTTP API
+/// describes the topic on every publish; reading the catalogue each time would add a request to the
+/// catalogue's stream leader to every publish. Changes made through this process are cached at once; those
+/// made through another node are seen within this time (an append to a topic another node deleted fails on
+/// the sealed stream regardless).
+const DESCRIBE_CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// Most records one read asks a replica for; the byte limit usually stops it earlier.
 const MAX_READ_RECORDS: usize = 10_000;
@@ -117,12 +129,38 @@ struct Tail {
     max_ts: i64,
 }
 
+/// This process's view of a partition's end, for appending.
+#[derive(Debug, Default)]
+struct Writer {
+    /// The tail after every append this process has sent, acknowledged or still in flight. `None`: unknown,
+    /// read it from the stream leader before the next append.
+    tail: Option<Tail>,
+    /// Incremented whenever `tail` is discarded, so an append that failed after chaining onto an older
+    /// prediction does not discard a newer, valid one.
+    generation: u64,
+}
+
+impl Writer {
+    /// Forgets the predicted tail, if it is still the one of `generation`.
+    fn discard(&mut self, generation: u64) {
+        if self.generation == generation {
+            self.tail = None;
+            self.generation += 1;
+        }
+    }
+}
+
 struct PartitionHandle {
     stream: String,
     subject: String,
-    /// Serialises this process's appends to the partition (other nodes are serialised by JetStream's
-    /// expected-last-sequence check). `None`: unknown, read it from the stream leader before appending.
-    writer: Mutex<Option<Tail>>,
+    /// Serialises the *sending* of this process's appends to the partition: each names the sequence it
+    /// expects to follow, chained onto the appends sent before it, and one connection delivers them in order,
+    /// so they are stored in that order without waiting for each other's acknowledgements. Other nodes are
+    /// serialised by JetStream's expected-last-sequence check.
+    writer: Mutex<Writer>,
+    /// Appends between taking their turn and their outcome, at most [`MAX_APPENDS_IN_FLIGHT`]; shutdown takes
+    /// every permit to wait for them.
+    in_flight: Semaphore,
     /// The partition's latest offset as last seen: appends through this process and polls publish it here.
     latest: watch::Sender<u64>,
     /// When some waiter last asked the leader, so many waiters on one partition poll it once, not each.
@@ -146,6 +184,8 @@ struct TopicHandle {
     name: String,
     incarnation: String,
     partitions: Vec<Arc<PartitionHandle>>,
+    /// The catalogue entry as last read or written by this process, and when.
+    described: std::sync::Mutex<(TopicInfo, Instant)>,
 }
 
 impl TopicHandle {
@@ -156,13 +196,19 @@ impl TopicHandle {
                 Arc::new(PartitionHandle {
                     subject: codec::partition_subject(&stream),
                     stream,
-                    writer: Mutex::new(None),
+                    writer: Mutex::new(Writer::default()),
+                    in_flight: Semaphore::new(MAX_APPENDS_IN_FLIGHT),
                     latest: watch::Sender::new(0),
                     last_poll: std::sync::Mutex::new(None),
                 })
             })
             .collect();
-        TopicHandle { name: meta.name.clone(), incarnation: meta.incarnation.clone(), partitions }
+        TopicHandle {
+            name: meta.name.clone(),
+            incarnation: meta.incarnation.clone(),
+            partitions,
+            described: std::sync::Mutex::new((meta.info(), Instant::now())),
+        }
     }
 }
 
@@ -255,6 +301,8 @@ impl Inner {
         if let Some(h) = cache.get(&meta.name)
             && h.incarnation == meta.incarnation
         {
+            *h.described.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                (meta.info(), Instant::now());
             return h.clone();
         }
         let handle = Arc::new(TopicHandle::new(meta));
@@ -478,8 +526,8 @@ impl Inner {
         }
         let p = self.partition(topic, partition).await?;
         let n = records.len() as u64;
-        let mut tail_slot = p.writer.lock().await;
-        // Shutdown waits for this lock: an append that was queued behind it must not start after.
+        let _permit = p.in_flight.acquire().await.map_err(|_| StoreError::ShuttingDown)?;
+        // Shutdown waits for the permits: an append that was queued for one must not start after.
         self.check_open()?;
         let append_id = api::random_id(22);
         let now = self.clock.now_ms();
@@ -497,45 +545,76 @@ impl Inner {
                     self.config.operation_timeout
                 )));
             }
-            let tail = match *tail_slot {
-                Some(t) => t,
-                None => match self.load_tail(&p).await {
-                    Ok(t) => {
-                        *tail_slot = Some(t);
-                        t
+            // Take a turn: choose the expectation and hand the batch to the connection, then let the next
+            // append go while this one waits for its acknowledgement.
+            let attempt = {
+                let mut writer = p.writer.lock().await;
+                self.check_open()?;
+                let tail = match writer.tail {
+                    Some(t) => Ok(t),
+                    None => self.load_tail(&p).await,
+                };
+                match tail {
+                    Err(e) => Attempt::NoTail(e),
+                    Ok(tail) => {
+                        writer.tail = Some(tail);
+                        if let Some(base) =
+                            self.find_own_append(&p.stream, &unknown_outcomes, tail, n, &append_id).await
+                        {
+                            tracing::info!(
+                                topic,
+                                partition,
+                                base,
+                                "an append whose acknowledgement was lost had been stored"
+                            );
+                            let generation = writer.generation;
+                            writer.discard(generation);
+                            p.observe_latest(base + n);
+                            return Ok(AppendOutcome { base_offset: base, last_offset: base + n - 1 });
+                        }
+                        let (msgs, max_ts) = build_messages(&records, now, tail, &append_id);
+                        match self.js.send_atomic(&p.subject, msgs).await {
+                            Ok(pending) => {
+                                writer.tail = Some(Tail { last_seq: tail.last_seq + n, max_ts });
+                                Attempt::Sent { tail, generation: writer.generation, pending }
+                            }
+                            Err(e) => {
+                                let generation = writer.generation;
+                                writer.discard(generation);
+                                Attempt::Failed { tail, error: e }
+                            }
+                        }
                     }
-                    Err(e) if e.is_code(code::STREAM_NOT_FOUND) => return Err(self.vanished(topic).await),
-                    Err(e) if e.is_transient() => {
-                        last_error = e.to_string();
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(1));
-                        continue;
-                    }
-                    Err(e) => return Err(backend("reading the partition tail")(e)),
-                },
+                }
             };
-            if let Some(base) = self.find_own_append(&p.stream, &unknown_outcomes, tail, n, &append_id).await
-            {
-                tracing::info!(
-                    topic,
-                    partition,
-                    base,
-                    "an append whose acknowledgement was lost had been stored"
-                );
-                *tail_slot = None;
-                p.observe_latest(base + n);
-                return Ok(AppendOutcome { base_offset: base, last_offset: base + n - 1 });
-            }
-            let (msgs, max_ts) = build_messages(&records, now, tail, &append_id);
-            match self.js.publish_atomic(&p.subject, msgs).await {
+            let (tail, result) = match attempt {
+                Attempt::NoTail(e) if e.is_code(code::STREAM_NOT_FOUND) => {
+                    return Err(self.vanished(topic).await);
+                }
+                Attempt::NoTail(e) if e.is_transient() => {
+                    last_error = e.to_string();
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+                Attempt::NoTail(e) => return Err(backend("reading the partition tail")(e)),
+                Attempt::Failed { tail, error } => (tail, Err(error)),
+                Attempt::Sent { tail, generation, pending } => {
+                    let result = pending.wait().await;
+                    if !matches!(&result, Ok(ack) if ack.seq == tail.last_seq + n) {
+                        // Appends sent after this one chained onto it and fail too; the next one re-reads.
+                        p.writer.lock().await.discard(generation);
+                    }
+                    (tail, result)
+                }
+            };
+            match result {
                 Ok(ack) if ack.seq == tail.last_seq + n => {
-                    *tail_slot = Some(Tail { last_seq: ack.seq, max_ts });
                     p.observe_latest(ack.seq);
                     return Ok(AppendOutcome { base_offset: tail.last_seq, last_offset: ack.seq - 1 });
                 }
                 Ok(ack) => {
                     // Cannot happen while the expected-last-sequence check holds; refuse to guess offsets.
-                    *tail_slot = None;
                     return Err(StoreError::Backend(format!(
                         "append to {topic}/{partition} stored up to sequence {}, expected {}",
                         ack.seq,
@@ -543,9 +622,9 @@ impl Inner {
                     )));
                 }
                 Err(e) if e.is_wrong_last_sequence() => {
-                    // Another node appended (or our tail was stale): re-read the tail and try again at once.
+                    // Another node appended, our tail was stale, or an append this one chained onto failed:
+                    // re-read the tail and try again at once.
                     tracing::debug!(topic, partition, error = %e, "partition moved on; re-reading its tail");
-                    *tail_slot = None;
                     last_error = e.to_string();
                 }
                 Err(e) if e.is_code(code::STREAM_NOT_FOUND) || e.is_code(code::STREAM_SEALED) => {
@@ -563,7 +642,6 @@ impl Inner {
                         unknown_outcomes.push(tail.last_seq);
                     }
                     tracing::warn!(topic, partition, error = %e, "append failed transiently; retrying");
-                    *tail_slot = None;
                     last_error = e.to_string();
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(1));
@@ -821,6 +899,16 @@ impl Inner {
     }
 }
 
+/// One turn of an append at the partition's writer.
+enum Attempt {
+    /// The tail could not be read.
+    NoTail(JsError),
+    /// Handed to the connection; the acknowledgement is pending.
+    Sent { tail: Tail, generation: u64, pending: api::PendingAck },
+    /// Sending failed (possibly after part of a batch went out: the server drops an uncommitted batch).
+    Failed { tail: Tail, error: JsError },
+}
+
 /// The messages of one append attempt, and the running maximum timestamp after it.
 fn build_messages(records: &[NewRecord], now: i64, tail: Tail, append_id: &str) -> (Vec<OutMsg>, i64) {
     let mut max_ts = tail.max_ts;
@@ -916,9 +1004,21 @@ impl LogStore for JetStreamStore {
     }
 
     async fn describe_topic(&self, name: &str) -> Result<TopicInfo, StoreError> {
+        if let Some(h) = self.inner.cached(name) {
+            let (info, at) = h.described.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            if at.elapsed() < DESCRIBE_CACHE_TTL {
+                return Ok(info);
+            }
+        }
         match self.inner.load_meta(name).await? {
-            Some((meta, _)) => Ok(meta.info()),
-            None => Err(StoreError::TopicNotFound(name.to_owned())),
+            Some((meta, _)) => {
+                self.inner.remember(&meta);
+                Ok(meta.info())
+            }
+            None => {
+                self.inner.forget(name);
+                Err(StoreError::TopicNotFound(name.to_owned()))
+            }
         }
     }
 
@@ -941,6 +1041,7 @@ impl LogStore for JetStreamStore {
                 )));
             }
         };
+        inner.remember(&meta);
         // The catalogue is the truth; if this fails half-way, `enforce_retention` re-applies it.
         inner.apply_limits(&meta).await?;
         Ok(meta.info())
@@ -1001,8 +1102,10 @@ impl LogStore for JetStreamStore {
             inner.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect();
         for t in handles {
             for p in &t.partitions {
-                // Appends in flight hold this lock until JetStream acknowledged them (or they failed).
-                drop(p.writer.lock().await);
+                // Appends in flight hold a permit until JetStream acknowledged them (or they failed).
+                if let Ok(all) = p.in_flight.acquire_many(MAX_APPENDS_IN_FLIGHT as u32).await {
+                    drop(all);
+                }
             }
             tracing::debug!(topic = %t.name, "appends drained");
         }
@@ -1062,6 +1165,20 @@ mod tests {
         let back: TopicMeta = serde_json::from_slice(&serde_json::to_vec(&m).unwrap()).unwrap();
         assert_eq!(back, m);
         assert_eq!(back.info().retention, Retention::DEFAULT);
+    }
+
+    #[test]
+    fn a_failed_append_discards_only_the_tail_prediction_it_chained_onto() {
+        let mut w = Writer { tail: Some(Tail { last_seq: 10, max_ts: 0 }), generation: 0 };
+        // Appends A and B were sent in generation 0; A fails and discards the prediction.
+        w.discard(0);
+        assert!(w.tail.is_none());
+        assert_eq!(w.generation, 1);
+        // C re-reads the tail and is sent in generation 1; then B, which chained onto A, fails too.
+        w.tail = Some(Tail { last_seq: 10, max_ts: 0 });
+        w.discard(0);
+        assert_eq!(w.tail.map(|t| t.last_seq), Some(10), "B's failure must not discard C's fresh tail");
+        assert_eq!(w.generation, 1);
     }
 
     #[test]

@@ -15,6 +15,11 @@
 //! sequence, dense because these streams have no limits and deny deletes and purges. Each append carries a
 //! `Nats-Msg-Id`, so a retry after a lost acknowledgement is recognised as a duplicate (within the stream's
 //! two-minute window) instead of being stored twice.
+//!
+//! [`MetaStore::watch`] follows the bucket's keys of the named collections with one background task per
+//! call (an ordered consumer filtered to those collections, ended when the last receiver is dropped; see
+//! `watch.rs`), so every service node's caches follow changes made through any other node. Log appends are
+//! not reported.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -24,14 +29,15 @@ use async_nats::header::HeaderMap;
 use async_nats::jetstream::stream::{Config as StreamConfig, DiscardPolicy, RetentionPolicy, StorageType};
 use async_trait::async_trait;
 use bytes::Bytes;
-use esgf_events_meta::{MetaError, MetaStore, Write};
+use esgf_events_meta::{Change, MetaError, MetaStore, WATCH_CAPACITY, Write};
 use futures_util::{StreamExt, TryStreamExt};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, broadcast};
 
 use crate::api::{self, Js, JsError, OutMsg, code};
 use crate::codec;
 use crate::config::NatsConfig;
 use crate::kv::{self, Bucket, Op};
+use crate::watch::{self, Seen};
 
 /// The bucket holding every collection.
 pub const META_BUCKET: &str = "esgf_meta";
@@ -70,6 +76,13 @@ fn check_name(kind: &'static str, name: &str) -> Result<(), MetaError> {
 
 fn path(collection: &str, key: &str) -> String {
     format!("{collection}.{}", codec::encode_kv_key(key))
+}
+
+/// The change a bucket path stands for; `None` for a path this store never writes.
+fn change_at(path: &str) -> Option<Change> {
+    let (collection, token) = path.split_once('.')?;
+    let key = codec::decode_kv_key(token)?;
+    codec::is_plain_name(collection).then(|| Change::Key { collection: collection.to_owned(), key })
 }
 
 fn log_stream(log: &str) -> String {
@@ -148,6 +161,38 @@ impl Inner {
 
 #[async_trait]
 impl MetaStore for JetStreamMeta {
+    fn watch(&self, collections: &[&'static str]) -> Option<broadcast::Receiver<Change>> {
+        // The follower needs a runtime to run on; outside one there is nothing to follow with.
+        tokio::runtime::Handle::try_current().ok()?;
+        let mut filters = Vec::with_capacity(collections.len());
+        for &collection in collections {
+            match check_name("collection", collection) {
+                Ok(()) => filters.push(format!("{collection}.>")),
+                // A name no key can have: nothing to follow there (and never a filter matching more).
+                Err(e) => tracing::warn!(error = %e, "not following an invalid collection name"),
+            }
+        }
+        if filters.is_empty() && !collections.is_empty() {
+            return None;
+        }
+        let (changes, receiver) = broadcast::channel(WATCH_CAPACITY);
+        let sender = changes.clone();
+        let report = move |seen: Seen| {
+            let change = match seen {
+                Seen::Gap => Some(Change::All),
+                Seen::Path(path) => change_at(&path),
+            };
+            if let Some(change) = change {
+                // Fails only without receivers, and then the follower is about to stop.
+                let _ = sender.send(change);
+            }
+        };
+        // Ends the follower once nobody listens any more.
+        let stop = async move { changes.closed().await };
+        watch::spawn(self.inner.js.client().clone(), META_BUCKET, &filters, report, stop);
+        Some(receiver)
+    }
+
     async fn get(&self, collection: &'static str, key: &str) -> Result<Option<Bytes>, MetaError> {
         check_name("collection", collection)?;
         let inner = &self.inner;
@@ -310,6 +355,19 @@ mod tests {
         assert!(check_name("collection", "group_offsets").is_ok());
         assert!(check_name("collection", "a.b").is_err());
         assert!(check_name("log", "").is_err());
+    }
+
+    #[test]
+    fn bucket_paths_map_back_to_the_changed_key() {
+        for key in ["", "alice", "a.b", "topic\0event", "ü/x y"] {
+            assert_eq!(
+                change_at(&path("principals", key)),
+                Some(Change::Key { collection: "principals".into(), key: key.into() }),
+                "{key:?}"
+            );
+        }
+        assert_eq!(change_at("principals"), None, "no key token");
+        assert_eq!(change_at("principals.notbase64!"), None);
     }
 
     #[test]

@@ -188,6 +188,78 @@ impl NatsCluster {
         }
     }
 
+    /// Whether node `i` runs: started, not killed, not exited.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].child.as_ref().is_some_and(|child| is_running(child.id()))
+    }
+
+    /// Waits until a restarted node `i` has rejoined: in every replicated stream of the account (partition
+    /// streams and KV buckets alike) the stream has a leader and node `i` is that leader or a current, online
+    /// replica. Until then the cluster has one copy fewer than configured, so a test that kills another node
+    /// first would test a 1-of-3 cluster. Panics with the nodes' logs after the ready timeout.
+    pub async fn wait_rejoined(&self, i: usize) {
+        let name = self.nodes[i].name.clone();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let last = match self.lagging_streams(&name).await {
+                Ok(lagging) if lagging.is_empty() => return,
+                Ok(lagging) => format!("{name} not current in {lagging:?}"),
+                Err(e) => e,
+            };
+            if Instant::now() > deadline {
+                panic!("node {name} did not rejoin in {READY_TIMEOUT:?}: {last}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The running node that leads the most replicated streams (partition streams and KV buckets): killing it
+    /// forces the most leader elections.
+    pub async fn busiest_leader(&self) -> usize {
+        use futures_util::TryStreamExt;
+        let running: Vec<usize> = (0..self.nodes.len()).filter(|&n| self.is_running(n)).collect();
+        let urls: Vec<String> = running.iter().map(|&n| self.url(n)).collect();
+        let client = connect_quick(&urls).await.unwrap_or_else(|e| panic!("{e}"));
+        let js = async_nats::jetstream::new(client);
+        let infos: Vec<async_nats::jetstream::stream::Info> =
+            js.streams().try_collect().await.unwrap_or_else(|e| panic!("list streams: {e}"));
+        let led = |n: usize| {
+            infos
+                .iter()
+                .filter(|info| info.config.num_replicas > 1)
+                .filter(|info| {
+                    info.cluster.as_ref().and_then(|c| c.leader.as_deref())
+                        == Some(self.nodes[n].name.as_str())
+                })
+                .count()
+        };
+        running.into_iter().max_by_key(|&n| led(n)).expect("a running node")
+    }
+
+    /// The replicated streams in which `name` is neither the leader nor a current replica (or that have no
+    /// leader at all).
+    async fn lagging_streams(&self, name: &str) -> Result<Vec<String>, String> {
+        use futures_util::TryStreamExt;
+        let running: Vec<String> =
+            (0..self.nodes.len()).filter(|&n| self.is_running(n)).map(|n| self.url(n)).collect();
+        let client = connect_quick(&running).await?;
+        let js = async_nats::jetstream::new(client);
+        let infos: Vec<async_nats::jetstream::stream::Info> =
+            js.streams().try_collect().await.map_err(|e| format!("list streams: {e}"))?;
+        let mut lagging = Vec::new();
+        for info in infos.into_iter().filter(|info| info.config.num_replicas > 1) {
+            let current = info.cluster.as_ref().is_some_and(|cluster| {
+                cluster.leader.is_some()
+                    && (cluster.leader.as_deref() == Some(name)
+                        || cluster.replicas.iter().any(|r| r.name == name && r.current && !r.offline))
+            });
+            if !current {
+                lagging.push(info.config.name);
+            }
+        }
+        Ok(lagging)
+    }
+
     /// The nodes' logs, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
@@ -352,4 +424,95 @@ pub async fn open_store(cluster: &NatsCluster, nodes: &[usize]) -> crate::JetStr
     )
     .await
     .expect("open JetStreamStore")
+}
+
+impl NatsCluster {
+    /// Starts one JetStream node, not clustered (the shipped node 1 configuration without its `cluster`
+    /// block): what a single-replica deployment runs. Streams on it can only have one replica.
+    pub async fn start_single() -> NatsCluster {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let mut cluster = Self::spawn_single();
+            match cluster.wait_single_ready().await {
+                Ok(()) => return cluster,
+                Err(Startup::NodeExited(detail)) => last = detail,
+                Err(Startup::TimedOut(detail)) => panic!("{detail}"),
+            }
+            cluster.kill(0);
+        }
+        panic!("single NATS node failed to start three times; last attempt: {last}");
+    }
+
+    fn spawn_single() -> NatsCluster {
+        let bin = nats_server_bin();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let client_port = free_port();
+        let name = "nats1".to_owned();
+        let store = dir.path().join(&name);
+        fs::create_dir_all(&store).expect("store dir");
+        let conf = dir.path().join(format!("{name}.conf"));
+        fs::write(&conf, single_node_config(client_port, &store)).expect("write conf");
+        let node = Node {
+            name: name.clone(),
+            client_port,
+            cluster_port: 0,
+            conf,
+            log: dir.path().join(format!("{name}.log")),
+            child: None,
+        };
+        let mut cluster = NatsCluster { dir, bin, nodes: vec![node] };
+        cluster.spawn(0);
+        cluster
+    }
+
+    async fn wait_single_ready(&self) -> Result<(), Startup> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(exited) = self.exited_node() {
+                return Err(Startup::NodeExited(format!("{exited} exited at start-up\n{}", self.logs())));
+            }
+            if jetstream_answers(&self.url(0)).await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(Startup::TimedOut(format!("single NATS node not ready in {READY_TIMEOUT:?}\n{}", self.logs())))
+    }
+}
+
+/// The shipped node 1 configuration on a loopback port and a temporary store, without its `cluster` block.
+fn single_node_config(client_port: u16, store: &Path) -> String {
+    let shipped = shipped_config_path(0);
+    let text = fs::read_to_string(&shipped).unwrap_or_else(|e| panic!("read {}: {e}", shipped.display()));
+    let mut text = text
+        .replacen("listen: 0.0.0.0:4222", &format!("listen: 127.0.0.1:{client_port}"), 1)
+        .replacen("http: 0.0.0.0:8222", "", 1)
+        .replacen("store_dir: \"/var/lib/nats\"", &format!("store_dir: \"{}\"", store.display()), 1);
+    assert!(
+        text.contains(&format!("127.0.0.1:{client_port}")) && text.contains(&*store.display().to_string()),
+        "{} no longer has the expected listen/store_dir lines; update the test harness",
+        shipped.display()
+    );
+    let start = text
+        .find("\ncluster {")
+        .unwrap_or_else(|| panic!("{} has no top-level cluster block", shipped.display()));
+    // The block ends at the brace that closes it; nested blocks (none today) are balanced.
+    let mut depth = 0usize;
+    let mut end = None;
+    for (i, c) in text[start..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    end = Some(start + i + 1);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let end = end.unwrap_or_else(|| panic!("{}: unbalanced cluster block", shipped.display()));
+    text.replace_range(start..end, "");
+    text
 }

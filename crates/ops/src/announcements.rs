@@ -52,6 +52,10 @@ pub struct Announcement {
     /// The topic it concerns, if any.
     #[serde(default)]
     pub topic: Option<String>,
+    /// Who mailed it to the list already (e.g. `monitor`: the downtime monitor mails while the service is
+    /// down); the service's mailer does not mail it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailed_by: Option<String>,
 }
 
 /// What a publisher supplies.
@@ -96,6 +100,21 @@ impl Announcements {
 
     /// Stores an announcement durably and returns it.
     pub async fn publish(&self, new: NewAnnouncement) -> Result<Announcement, AnnouncementError> {
+        self.publish_mailed(new, None).await
+    }
+
+    /// [`Announcements::publish`] for an announcement already mailed to the list by `mailed_by` (which must
+    /// be short text): it is published on the web and in the feed, and the service's mailer skips it.
+    pub async fn publish_mailed(
+        &self,
+        new: NewAnnouncement,
+        mailed_by: Option<String>,
+    ) -> Result<Announcement, AnnouncementError> {
+        if let Some(by) = &mailed_by
+            && (by.trim().is_empty() || by.chars().count() > 100)
+        {
+            return Err(AnnouncementError::Invalid("mailed_by must be 1 to 100 characters".to_owned()));
+        }
         let title = new.title.trim();
         if title.is_empty() || title.chars().count() > MAX_TITLE_CHARS {
             return Err(AnnouncementError::Invalid(format!(
@@ -117,6 +136,7 @@ impl Announcements {
             published_ms,
             window: new.window,
             topic: new.topic,
+            mailed_by,
         };
         let bytes = serde_json::to_vec(&announcement).unwrap_or_default();
         let seq = self.meta.append(LOG, bytes.into()).await?;

@@ -1,15 +1,24 @@
 //! Operations of the ESGF Event Service: Prometheus metrics ([`metrics`]), planned maintenance windows
-//! ([`maintenance`]), announcements ([`announcements`]), the changelog ([`changelog`]: CHANGELOG.md compiled in
-//! plus the runtime entries of `esgf_events_meta::changelog`) and their HTML pages and Atom feeds ([`pages`]).
+//! ([`maintenance`]), announcements ([`announcements`]) and their mailing list ([`mail`], [`recipients`]), the
+//! changelog ([`changelog`]: CHANGELOG.md compiled in plus the runtime entries of
+//! `esgf_events_meta::changelog`) and their HTML pages and Atom feeds ([`pages`]).
+//! The status page's records ([`status`]: recorded availability, [`incidents`] pushed by the monitor, publish
+//! [`rates`], consumer lag) and its [`svg`] charts.
 //! Transport-free: the HTTP crate serves these, the Kafka crate consults the shared
 //! [`maintenance::MaintenanceState`].
 
 pub mod announcements;
+pub mod availability;
 pub mod changelog;
+pub mod incidents;
 pub mod mail;
 pub mod maintenance;
 pub mod metrics;
 pub mod pages;
+pub mod rates;
+pub mod recipients;
+pub mod status;
+pub mod svg;
 
 pub use maintenance::{
     Maintenance, MaintenanceError, MaintenanceMode, MaintenanceState, NewWindow, Window, WindowPatch,
@@ -33,6 +42,9 @@ pub struct Ops {
     pub public_url: Option<String>,
     /// The announcement mailer, for its delivery records; `None`: no mail configured.
     pub mail: Option<std::sync::Arc<mail::Mailer>>,
+    /// Availability, incidents, publish rates and consumer lag for the status page; `None`: the page shows
+    /// the maintenance windows and topic sizes only, and the incident endpoints answer 501.
+    pub status: Option<std::sync::Arc<status::StatusRecorder>>,
 }
 
 impl std::fmt::Debug for Ops {
@@ -44,6 +56,7 @@ impl std::fmt::Debug for Ops {
             .field("changelog", &self.changelog.is_some())
             .field("public_url", &self.public_url)
             .field("mail", &self.mail.is_some())
+            .field("status", &self.status.is_some())
             .finish()
     }
 }

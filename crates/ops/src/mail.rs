@@ -1,5 +1,6 @@
-//! The announcement mailing list: every announcement is mailed over SMTP to the configured `announce_to`
-//! addresses and the contact address of every registered principal that has one.
+//! The announcement mailing list: every announcement is mailed over SMTP to the list of [`AnnounceList`] (the
+//! configured `announce_to` addresses, the members operators added, the contact address of every registered
+//! principal that has one, less whoever unsubscribed).
 //!
 //! Each announcement is fanned out once: the first pass that sees it records one pending delivery per current
 //! recipient (collection `mail_deliveries`, key `<announcement id, zero-padded>/<address>`) together with a
@@ -9,13 +10,18 @@
 //! `max_attempts`, then marked failed; every record (status, attempts, last error) is visible to operators.
 //! Announcements older than `max_age` when first seen (e.g. published before mail was configured) are marked
 //! without being mailed, so turning mail on does not flood the list with history.
+//!
+//! With a public URL configured, each mail carries a signed one-click unsubscribe link (RFC 8058:
+//! `List-Unsubscribe` and `List-Unsubscribe-Post`, and the link in the body); a pending delivery to an address
+//! that unsubscribed meanwhile is dropped (status `unsubscribed`) rather than sent.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use esgf_events_engine::Clock;
 use esgf_events_meta::{MetaError, MetaStore, Write};
-use lettre::message::header::ContentType;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, Message};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::{Deserialize, Serialize};
@@ -23,6 +29,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::announcements::{Announcement, AnnouncementError, Announcements};
 use crate::maintenance::rfc3339;
+use crate::recipients::{AnnounceList, RecipientsError};
 
 const DELIVERIES: &str = "mail_deliveries";
 const FANNED_OUT: &str = "mail_fanned_out";
@@ -73,6 +80,8 @@ pub enum MailError {
     Meta(#[from] MetaError),
     #[error(transparent)]
     Announcements(#[from] AnnouncementError),
+    #[error(transparent)]
+    Recipients(#[from] RecipientsError),
 }
 
 /// The state of one announcement's mail to one recipient.
@@ -80,7 +89,10 @@ pub enum MailError {
 pub struct Delivery {
     pub announcement: String,
     pub recipient: String,
-    /// `pending`, `sent` or `failed` (gave up).
+    /// The recipient's display name, if the list has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `pending`, `sent`, `failed` (gave up) or `unsubscribed` (the address left the list before it was sent).
     pub status: String,
     pub attempts: u32,
     pub last_error: Option<String>,
@@ -97,8 +109,10 @@ pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     meta: Arc<dyn MetaStore>,
     announcements: Arc<Announcements>,
-    contacts: Contacts,
+    list: Arc<AnnounceList>,
     clock: Arc<dyn Clock>,
+    /// Whether the missing public URL (so: no unsubscribe link) was logged already.
+    warned_no_public_url: AtomicBool,
 }
 
 fn key(announcement: &str, recipient: &str) -> String {
@@ -119,7 +133,27 @@ impl Mailer {
             .map_err(|e| MailError::Url(e.to_string()))?
             .timeout(Some(config.timeout))
             .build();
-        Ok(Mailer { config, from, transport, meta, announcements, contacts, clock })
+        let list = Arc::new(AnnounceList::new(
+            Arc::clone(&meta),
+            config.announce_to.clone(),
+            contacts,
+            Arc::clone(&clock),
+        ));
+        Ok(Mailer {
+            config,
+            from,
+            transport,
+            meta,
+            announcements,
+            list,
+            clock,
+            warned_no_public_url: AtomicBool::new(false),
+        })
+    }
+
+    /// The announcement list this mailer sends to (members, unsubscribe links).
+    pub fn list(&self) -> &Arc<AnnounceList> {
+        &self.list
     }
 
     /// Every delivery record, oldest announcement first.
@@ -166,8 +200,16 @@ impl Mailer {
         let now = self.clock.now_ms();
         let mut next_due: Option<i64> = None;
         let mut cache: Vec<Announcement> = Vec::new();
+        let unsubscribed = self.list.unsubscribed().await?;
         for mut delivery in self.deliveries().await? {
             if delivery.status != "pending" {
+                continue;
+            }
+            if AnnounceList::is_in(&unsubscribed, &delivery.recipient) {
+                delivery.status = "unsubscribed".to_owned();
+                tracing::info!(announcement = %delivery.announcement, recipient = %delivery.recipient,
+                    "announcement mail dropped: the recipient unsubscribed");
+                self.store(&delivery).await?;
                 continue;
             }
             if delivery.next_attempt_ms > now {
@@ -182,7 +224,7 @@ impl Mailer {
                 continue;
             };
             delivery.attempts += 1;
-            match self.send(announcement, &delivery.recipient).await {
+            match self.send(announcement, &delivery.recipient, delivery.name.as_deref()).await {
                 Ok(()) => {
                     delivery.status = "sent".to_owned();
                     delivery.sent_ms = Some(self.clock.now_ms());
@@ -219,18 +261,6 @@ impl Mailer {
         Ok(())
     }
 
-    /// The recipients: configured addresses, then contacts; each once (case-insensitively), blanks dropped.
-    fn recipients(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for address in self.config.announce_to.iter().cloned().chain((self.contacts)()) {
-            let address = address.trim().to_owned();
-            if !address.is_empty() && !out.iter().any(|a| a.eq_ignore_ascii_case(&address)) {
-                out.push(address);
-            }
-        }
-        out
-    }
-
     async fn fan_out(&self) -> Result<(), MailError> {
         let now = self.clock.now_ms();
         let max_age = millis(self.config.max_age);
@@ -238,17 +268,22 @@ impl Mailer {
             if self.meta.get(FANNED_OUT, &announcement.id).await?.is_some() {
                 continue;
             }
-            let recipients = if now.saturating_sub(announcement.published_ms) > max_age {
+            // Mailed already by whoever published it (the downtime monitor mails while the service is down):
+            // marked fanned out with no recipients, so nobody gets it twice.
+            let recipients = if now.saturating_sub(announcement.published_ms) > max_age
+                || announcement.mailed_by.is_some()
+            {
                 Vec::new()
             } else {
-                self.recipients()
+                self.list.recipients().await?
             };
             let mut writes: Vec<Write> = recipients
                 .iter()
                 .map(|recipient| {
                     let delivery = Delivery {
                         announcement: announcement.id.clone(),
-                        recipient: recipient.clone(),
+                        recipient: recipient.address.clone(),
+                        name: recipient.name.clone(),
                         status: "pending".to_owned(),
                         attempts: 0,
                         last_error: None,
@@ -257,7 +292,7 @@ impl Mailer {
                     };
                     Write {
                         collection: DELIVERIES,
-                        key: key(&announcement.id, recipient),
+                        key: key(&announcement.id, &recipient.address),
                         value: Some(serde_json::to_vec(&delivery).unwrap_or_default().into()),
                     }
                 })
@@ -274,8 +309,15 @@ impl Mailer {
     }
 
     /// One SMTP attempt; the error text starts with `permanent:` when retrying cannot help.
-    async fn send(&self, announcement: &Announcement, recipient: &str) -> Result<(), String> {
-        let to: Mailbox = recipient.parse().map_err(|e| format!("permanent: invalid address: {e}"))?;
+    async fn send(
+        &self,
+        announcement: &Announcement,
+        recipient: &str,
+        name: Option<&str>,
+    ) -> Result<(), String> {
+        let address = recipient.parse().map_err(|e| format!("permanent: invalid address: {e}"))?;
+        let to = Mailbox::new(name.map(str::to_owned), address);
+        let unsubscribe = self.unsubscribe_url(recipient).await?;
         let mut body = announcement.body.clone();
         if !body.is_empty() {
             body.push_str("\n\n");
@@ -288,18 +330,44 @@ impl Mailer {
                 announcement.id
             ));
         }
-        let message = Message::builder()
+        let mut builder = Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(format!("[ESGF Event Service] {}: {}", announcement.kind.as_str(), announcement.title))
-            .header(ContentType::TEXT_PLAIN)
-            .body(body)
-            .map_err(|e| format!("permanent: cannot build the message: {e}"))?;
+            .header(ContentType::TEXT_PLAIN);
+        if let Some(url) = &unsubscribe {
+            body.push_str(&format!(
+                "\nYou receive this as a member of the service's announcement list. To leave it: {url}\n"
+            ));
+            builder = builder
+                .raw_header(HeaderValue::new(LIST_UNSUBSCRIBE, format!("<{url}>")))
+                .raw_header(HeaderValue::new(LIST_UNSUBSCRIBE_POST, "List-Unsubscribe=One-Click".to_owned()));
+        }
+        let message = builder.body(body).map_err(|e| format!("permanent: cannot build the message: {e}"))?;
         match self.transport.send(message).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_permanent() => Err(format!("permanent: {e}")),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+const LIST_UNSUBSCRIBE: HeaderName = HeaderName::new_from_ascii_str("List-Unsubscribe");
+const LIST_UNSUBSCRIBE_POST: HeaderName = HeaderName::new_from_ascii_str("List-Unsubscribe-Post");
+
+impl Mailer {
+    /// The recipient's one-click unsubscribe URL; `None` without a public URL to put it under (logged once).
+    async fn unsubscribe_url(&self, recipient: &str) -> Result<Option<String>, String> {
+        let Some(base) = &self.config.public_url else {
+            if !self.warned_no_public_url.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "no public_url configured: announcement mail goes out without a List-Unsubscribe link"
+                );
+            }
+            return Ok(None);
+        };
+        // A state store failure is transient: the delivery is retried, never sent without its link.
+        self.list.unsubscribe_url(base, recipient).await.map(Some).map_err(|e| e.to_string())
     }
 }
 

@@ -135,6 +135,17 @@ impl MaintenanceState {
         windows.sort_by(|a, b| (a.starts_at_ms, &a.id).cmp(&(b.starts_at_ms, &b.id)));
         *self.windows.write().unwrap_or_else(std::sync::PoisonError::into_inner) = windows;
     }
+
+    /// Sets window `id` to `window` (`None` removes it) under one lock, so concurrent changes to
+    /// different windows (this node's own, and refreshes of other nodes') never undo each other.
+    fn set(&self, id: &str, window: Option<Window>) {
+        let mut windows = self.windows.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        windows.retain(|w| w.id != id);
+        if let Some(window) = window {
+            let at = windows.partition_point(|w| (w.starts_at_ms, &w.id) < (window.starts_at_ms, &window.id));
+            windows.insert(at, window);
+        }
+    }
 }
 
 /// Scheduling, changing and cancelling windows, persisted in the state store.
@@ -146,24 +157,39 @@ pub struct Maintenance {
 }
 
 impl Maintenance {
+    /// The state-store collections mirrored in the [`MaintenanceState`].
+    pub const CACHED_COLLECTIONS: [&'static str; 1] = [COLLECTION];
+
     /// Loads the stored windows into `state`.
     pub async fn open(
         meta: Arc<dyn MetaStore>,
         state: Arc<MaintenanceState>,
         min_notice: Duration,
     ) -> Result<Self, MaintenanceError> {
-        let stored = meta.scan(COLLECTION, "").await?;
-        let mut windows = Vec::with_capacity(stored.len());
-        for (key, value) in stored {
-            match serde_json::from_slice::<Window>(&value) {
-                Ok(w) => windows.push(w),
-                Err(err) => {
-                    tracing::error!(window = %key, error = %err, "unreadable maintenance window skipped")
-                }
-            }
-        }
-        state.replace(windows);
+        state.replace(load_all(meta.as_ref()).await?);
         Ok(Maintenance { meta, state, min_notice, announcements: None })
+    }
+
+    /// Re-reads one changed key of the state store, if it is a window (other collections are ignored): how
+    /// a window scheduled, changed or cancelled through another service node on a shared store takes effect
+    /// here. A refresh racing this node's own change to the same window can put back the older value, but
+    /// only until that change's own notification is refreshed in turn (it is reported after it is stored).
+    pub async fn refresh(&self, collection: &str, key: &str) -> Result<(), MaintenanceError> {
+        if collection != COLLECTION {
+            return Ok(());
+        }
+        let window = match self.meta.get(COLLECTION, key).await? {
+            Some(value) => decode(key, &value),
+            None => None,
+        };
+        self.state.set(key, window);
+        Ok(())
+    }
+
+    /// Re-reads every window (after changes may have been missed). On error the state is unchanged.
+    pub async fn reload(&self) -> Result<(), MaintenanceError> {
+        self.state.replace(load_all(self.meta.as_ref()).await?);
+        Ok(())
     }
 
     /// Checks announcement ids against `announcements`, and publishes a `planned-downtime` announcement for
@@ -237,13 +263,19 @@ impl Maintenance {
         let forced = self.check(new.starts_at_ms, new.ends_at_ms, new.announcement.as_deref(), new.force)?;
         let now = self.state.now_ms();
         let taken = self.state.all();
-        let mut n = taken.len();
+        // A random suffix, not a counter: two nodes scheduling in the same millisecond must not pick one id.
         let id = loop {
-            let id = format!("mw-{now}-{n}");
+            let mut suffix = [0u8; 4];
+            getrandom::fill(&mut suffix).map_err(|e| {
+                MaintenanceError::Meta(MetaError::Storage {
+                    context: "generating a window id",
+                    detail: e.to_string(),
+                })
+            })?;
+            let id = format!("mw-{now}-{}", suffix.iter().map(|b| format!("{b:02x}")).collect::<String>());
             if !taken.iter().any(|w| w.id == id) {
                 break id;
             }
-            n += 1;
         };
         let window = Window {
             id,
@@ -290,7 +322,7 @@ impl Maintenance {
     pub async fn cancel(&self, id: &str) -> Result<Window, MaintenanceError> {
         let window = self.get(id)?;
         self.meta.delete(COLLECTION, id).await?;
-        self.state.replace(self.state.all().into_iter().filter(|w| w.id != id).collect());
+        self.state.set(id, None);
         self.changelog(&window, "cancelled").await;
         Ok(window)
     }
@@ -305,9 +337,7 @@ impl Maintenance {
 
     async fn store(&self, window: &Window) -> Result<(), MaintenanceError> {
         self.meta.put(COLLECTION, &window.id, encode(window)).await?;
-        let mut windows: Vec<Window> = self.state.all().into_iter().filter(|w| w.id != window.id).collect();
-        windows.push(window.clone());
-        self.state.replace(windows);
+        self.state.set(&window.id, Some(window.clone()));
         Ok(())
     }
 
@@ -374,6 +404,22 @@ pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
+}
+
+/// A stored window; an unreadable one is logged and skipped, so one bad entry cannot stop the service.
+fn decode(key: &str, value: &[u8]) -> Option<Window> {
+    match serde_json::from_slice::<Window>(value) {
+        Ok(w) => Some(w),
+        Err(err) => {
+            tracing::error!(window = %key, error = %err, "unreadable maintenance window skipped");
+            None
+        }
+    }
+}
+
+async fn load_all(meta: &dyn MetaStore) -> Result<Vec<Window>, MaintenanceError> {
+    let stored = meta.scan(COLLECTION, "").await?;
+    Ok(stored.into_iter().filter_map(|(key, value)| decode(&key, &value)).collect())
 }
 
 /// A window as stored: JSON (this crate may use JSON; the state store itself stays format-agnostic).
@@ -459,6 +505,51 @@ mod tests {
         assert_eq!(published[0].window.as_deref(), Some(w.id.as_str()));
         // The window's own announcement may be named by id.
         m.schedule(window(9, Some(&published[0].id), false)).await.expect("by id");
+    }
+
+    #[tokio::test]
+    async fn windows_changed_through_another_node_apply_here_once_refreshed_or_reloaded() {
+        let (_dir, clock, meta, a) = fixture().await;
+        let b = Maintenance::open(meta.clone(), MaintenanceState::new(clock.clone()), Duration::ZERO)
+            .await
+            .expect("other node");
+        let w = a.schedule(window(0, None, true)).await.expect("forced, starting now");
+        assert_eq!(b.state().refusing(true), None, "not yet seen by the other node");
+        b.refresh("principals", &w.id).await.expect("ignored");
+        assert_eq!(b.state().refusing(true), None);
+        b.refresh(COLLECTION, &w.id).await.expect("refresh");
+        assert_eq!(b.state().refusing(true).map(|r| r.id), Some(w.id.clone()));
+
+        let later = a.schedule(window(9, None, true)).await.expect("scheduled");
+        a.cancel(&w.id).await.expect("cancel");
+        b.reload().await.expect("reload");
+        assert_eq!(b.list(), vec![later.clone()]);
+        a.cancel(&later.id).await.expect("cancel");
+        b.refresh(COLLECTION, &later.id).await.expect("refresh");
+        assert!(b.list().is_empty());
+    }
+
+    #[test]
+    fn windows_stay_ordered_by_start_whatever_order_they_are_set_in() {
+        let state = MaintenanceState::new(Arc::new(ManualClock::new(0)));
+        let at = |id: &str, start: i64| Window {
+            id: id.into(),
+            starts_at_ms: start,
+            ends_at_ms: start + 10,
+            mode: MaintenanceMode::Full,
+            message: String::new(),
+            announcement: None,
+            forced: true,
+            created_ms: 0,
+        };
+        state.set("b", Some(at("b", 20)));
+        state.set("a", Some(at("a", 30)));
+        state.set("c", Some(at("c", 10)));
+        state.set("a", Some(at("a", 5)));
+        let ids: Vec<String> = state.all().into_iter().map(|w| w.id).collect();
+        assert_eq!(ids, ["a", "c", "b"]);
+        state.set("c", None);
+        assert_eq!(state.all().len(), 2);
     }
 
     #[tokio::test]

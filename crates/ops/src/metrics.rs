@@ -4,6 +4,7 @@
 //! Recorded elsewhere with the `metrics` facade under these names: `esgf_events_fsync_seconds` (engine, per
 //! group commit), `esgf_events_kafka_requests_total{api,error}` (Kafka broker),
 //! `esgf_events_webhook_deliveries_total{outcome}` and `esgf_events_webhook_dead_letters_total` (webhooks).
+//! `esgf_events_consumer_lag` is set by the status recorder (`status.rs`) every few seconds, never per scrape.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub const KAFKA_REQUESTS: &str = "esgf_events_kafka_requests_total";
 pub const WEBHOOK_DELIVERIES: &str = "esgf_events_webhook_deliveries_total";
 pub const WEBHOOK_DEAD_LETTERS: &str = "esgf_events_webhook_dead_letters_total";
 pub const SMTP_SENDS: &str = "esgf_events_smtp_sends_total";
+pub const CONSUMER_LAG: &str = "esgf_events_consumer_lag";
 
 /// Latency buckets, seconds: 100 µs (a fast fsync) to 10 s (a stuck disk).
 const LATENCY_BUCKETS: &[f64] =
@@ -77,6 +79,11 @@ fn describe() {
     describe_counter!(WEBHOOK_DELIVERIES, "Webhook deliveries, by outcome");
     describe_counter!(WEBHOOK_DEAD_LETTERS, "Events moved to a webhook dead-letter list");
     describe_counter!(SMTP_SENDS, "Announcement mail attempts, by outcome");
+    metrics::describe_gauge!(
+        CONSUMER_LAG,
+        "Records between a consumer group's committed offset and the partition's end, by group, topic and \
+         partition (refreshed every few seconds by the status recorder)"
+    );
 }
 
 /// One answered HTTP request. `route` is the route template; its `{param}`s become `:param`, because some
@@ -106,6 +113,13 @@ pub fn auth_failure(transport: &'static str) {
     metrics::counter!(AUTH_FAILURES, "transport" => transport).increment(1);
 }
 
+/// A consumer group's lag in one partition (set by the status recorder, not on the request path).
+pub fn consumer_lag(group: &str, topic: &str, partition: u32, lag: u64) {
+    metrics::gauge!(CONSUMER_LAG, "group" => group.to_owned(), "topic" => topic.to_owned(),
+        "partition" => partition.to_string())
+    .set(lag as f64);
+}
+
 pub fn rate_limited(policy: &'static str) {
     metrics::counter!(RATE_LIMITED, "policy" => policy).increment(1);
 }
@@ -122,12 +136,13 @@ mod tests {
         read("esgf2.publications", "http", 1, 150);
         auth_failure("http");
         rate_limited("anonymous");
+        consumer_lag("indexer", "esgf2.publications", 0, 7);
         metrics::histogram!(FSYNC_LATENCY).record(0.0004);
         let text = handle.render();
         let lines = text.lines().map(|l| Ok(l.to_owned()));
         let scrape = prometheus_parse::Scrape::parse(lines).expect("parses");
         let names: Vec<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
-        for want in [HTTP_REQUESTS, EVENTS_IN, BYTES_OUT, AUTH_FAILURES, RATE_LIMITED] {
+        for want in [HTTP_REQUESTS, EVENTS_IN, BYTES_OUT, AUTH_FAILURES, RATE_LIMITED, CONSUMER_LAG] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
         }
         assert!(names.iter().any(|n| n.starts_with(FSYNC_LATENCY)), "{names:?}");

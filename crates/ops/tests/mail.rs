@@ -192,3 +192,147 @@ async fn announcements_older_than_max_age_when_first_seen_are_not_mailed() {
     assert!(inbox.lock().expect("lock").is_empty());
     assert!(m.deliveries().await.expect("deliveries").is_empty());
 }
+
+/// The `List-Unsubscribe` URL of a received message (header lines unfolded).
+fn unsubscribe_link(text: &str) -> String {
+    let unfolded = text.replace("\n ", " ");
+    let line = unfolded
+        .lines()
+        .find_map(|l| l.strip_prefix("List-Unsubscribe:"))
+        .unwrap_or_else(|| panic!("no List-Unsubscribe header in {text}"));
+    line.trim().trim_start_matches('<').trim_end_matches('>').to_owned()
+}
+
+async fn publish(announcements: &Announcements, title: &str) {
+    announcements
+        .publish(NewAnnouncement {
+            kind: AnnouncementKind::General,
+            title: title.to_owned(),
+            body: String::new(),
+            window: None,
+            topic: None,
+        })
+        .await
+        .expect("publish");
+}
+
+/// Recipients of every message received after the first `skip`, sorted.
+fn recipients_after(inbox: &Inbox, skip: usize) -> Vec<String> {
+    let mut out: Vec<String> =
+        inbox.lock().expect("lock").iter().skip(skip).flat_map(|(r, _)| r.clone()).collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn each_mail_carries_its_own_one_click_link_and_who_unsubscribes_gets_no_more() {
+    let (url, inbox) = sink(0).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta: Arc<dyn MetaStore> = Arc::new(RedbMetaStore::open(&dir.path().join("s.redb")).expect("meta"));
+    let clock = Arc::new(ManualClock::new(NOW_MS));
+    let announcements = Arc::new(Announcements::new(Arc::clone(&meta), clock.clone()));
+    publish(&announcements, "First").await;
+    let m = mailer(&url, &meta, &announcements, &clock);
+    drain(&m, &clock).await;
+
+    let mut list_sig = None;
+    let received = inbox.lock().expect("lock").clone();
+    for (rcpts, text) in &received {
+        let address = rcpts[0].trim_matches(['<', '>']);
+        let link = unsubscribe_link(text);
+        let prefix = format!(
+            "https://events.example.org/v1/announcements/unsubscribe?address={}&sig=",
+            address.replace('@', "%40")
+        );
+        assert!(link.starts_with(&prefix), "{link} is not {address}'s link");
+        assert!(text.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"), "{text}");
+        assert!(text.contains(&link), "the body carries the link too: {text}");
+        let sig = link.rsplit_once("sig=").expect("sig").1.to_owned();
+        m.list().verify(address, &sig).await.expect("the link verifies");
+        if address == "list@example.org" {
+            list_sig = Some(sig);
+        }
+    }
+    let list_sig = list_sig.expect("list@example.org got mail");
+
+    // A configured address unsubscribes, a member joins: the next announcement follows the list.
+    m.list().unsubscribe("list@example.org", &list_sig).await.expect("unsubscribe");
+    m.list().add("new@example.org", None).await.expect("add member");
+    publish(&announcements, "Second").await;
+    drain(&m, &clock).await;
+    assert_eq!(
+        recipients_after(&inbox, 3),
+        ["<centre@example.org>", "<indexer@example.org>", "<new@example.org>"]
+    );
+
+    // Unsubscribing between fan-out and a retry drops the pending mail instead of sending it.
+    let (refusing, _) = sink(usize::MAX).await;
+    publish(&announcements, "Third").await;
+    let failing = mailer(&refusing, &meta, &announcements, &clock);
+    assert!(failing.pass().await.expect("pass").is_some(), "every delivery waits for a retry");
+    let centre_sig = {
+        let link = m.list().unsubscribe_url("https://x", "centre@example.org").await.expect("url");
+        link.rsplit_once("sig=").expect("sig").1.to_owned()
+    };
+    m.list().unsubscribe("centre@example.org", &centre_sig).await.expect("unsubscribe");
+    drain(&m, &clock).await;
+    assert_eq!(recipients_after(&inbox, 6), ["<indexer@example.org>", "<new@example.org>"]);
+    let third: Vec<(String, String)> = m
+        .deliveries()
+        .await
+        .expect("deliveries")
+        .into_iter()
+        .filter(|d| d.announcement == "3")
+        .map(|d| (d.recipient, d.status))
+        .collect();
+    assert!(third.contains(&("centre@example.org".to_owned(), "unsubscribed".to_owned())), "{third:?}");
+}
+
+#[tokio::test]
+async fn without_a_public_url_mail_goes_out_without_an_unsubscribe_header() {
+    let (url, inbox) = sink(0).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta: Arc<dyn MetaStore> = Arc::new(RedbMetaStore::open(&dir.path().join("s.redb")).expect("meta"));
+    let clock = Arc::new(ManualClock::new(NOW_MS));
+    let announcements = Arc::new(Announcements::new(Arc::clone(&meta), clock.clone()));
+    publish(&announcements, "No link").await;
+    let config = MailConfig::new(url, "events@example.org".to_owned(), vec!["list@example.org".to_owned()]);
+    let m =
+        Mailer::new(config, Arc::clone(&meta), Arc::clone(&announcements), Arc::new(Vec::new), clock.clone())
+            .expect("mailer");
+    drain(&m, &clock).await;
+    let inbox = inbox.lock().expect("lock");
+    assert_eq!(inbox.len(), 1);
+    assert!(!inbox[0].1.contains("List-Unsubscribe"), "{}", inbox[0].1);
+}
+
+#[tokio::test]
+async fn announcements_already_mailed_by_the_monitor_are_not_mailed_again() {
+    let (url, inbox) = sink(0).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta: Arc<dyn MetaStore> = Arc::new(RedbMetaStore::open(&dir.path().join("s.redb")).expect("meta"));
+    let clock = Arc::new(ManualClock::new(NOW_MS));
+    let announcements = Arc::new(Announcements::new(Arc::clone(&meta), clock.clone()));
+    let new = |kind, title: &str| NewAnnouncement {
+        kind,
+        title: title.to_owned(),
+        body: String::new(),
+        window: None,
+        topic: None,
+    };
+    let down = announcements
+        .publish_mailed(
+            new(AnnouncementKind::UnplannedDowntime, "Down since noon"),
+            Some("monitor".to_owned()),
+        )
+        .await
+        .expect("publish");
+    assert_eq!(down.mailed_by.as_deref(), Some("monitor"));
+    announcements.publish(new(AnnouncementKind::Restored, "Back again")).await.expect("publish");
+    let m = mailer(&url, &meta, &announcements, &clock);
+    drain(&m, &clock).await;
+    let texts: Vec<String> = inbox.lock().expect("lock").iter().map(|(_, t)| t.clone()).collect();
+    assert!(!texts.is_empty() && texts.iter().all(|t| t.contains("Back again")), "{texts:?}");
+    let deliveries = m.deliveries().await.expect("deliveries");
+    assert!(deliveries.iter().all(|d| d.announcement != down.id), "{deliveries:?}");
+}

@@ -15,8 +15,15 @@
 //!
 //! Control operations ([`SubscriptionControl`]) are serialised by one lock; each one persists its change before
 //! the in-memory state (and the tasks) follow.
+//!
+//! **Several nodes**: every node keeps a dispatcher, so any node answers the API, but only the *active* one
+//! delivers (the one holding the `webhooks` lease, see [`Dispatcher::follow`]). The others are on standby: a
+//! subscription created, paused, resumed or deleted through them is persisted and picked up by the active node
+//! at its next [`Dispatcher::rescan`]; a redrive asked of them is left in the state store for the active node.
+//! Activation reloads every cursor from the state store, so delivery continues where the previous owner last
+//! committed: a takeover re-delivers at most one commit batch per subscription (at least once), never skips.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -186,9 +193,13 @@ pub struct Dispatcher {
     ctx: Arc<Ctx>,
     policy: UrlPolicy,
     subs: RwLock<HashMap<String, Arc<Entry>>>,
-    /// Serialises creations, so two at once cannot both pass the per-owner limit.
+    /// Serialises changes to the set of subscriptions and their tasks (creations, so two at once cannot both
+    /// pass the per-owner limit; pause, resume, delete; rescans and activation), so a rescan never acts on a
+    /// view a local change has overtaken. Taken before any entry's `worker` lock.
     creating: tokio::sync::Mutex<()>,
     closing: AtomicBool,
+    /// Whether this dispatcher delivers (see the module doc).
+    active: AtomicBool,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -214,6 +225,27 @@ impl Dispatcher {
         config: WebhookConfig,
         access: Arc<dyn AccessCheck>,
     ) -> Result<Dispatcher, WebhookError> {
+        Self::open(store, meta, config, access, true).await
+    }
+
+    /// [`Dispatcher::start_with_access`] on standby: it answers the API but delivers nothing until
+    /// [`Dispatcher::set_active`] (or [`Dispatcher::follow`]) makes it the delivering node.
+    pub async fn standby(
+        store: Arc<dyn LogStore>,
+        meta: Arc<dyn MetaStore>,
+        config: WebhookConfig,
+        access: Arc<dyn AccessCheck>,
+    ) -> Result<Dispatcher, WebhookError> {
+        Self::open(store, meta, config, access, false).await
+    }
+
+    async fn open(
+        store: Arc<dyn LogStore>,
+        meta: Arc<dyn MetaStore>,
+        config: WebhookConfig,
+        access: Arc<dyn AccessCheck>,
+        active: bool,
+    ) -> Result<Dispatcher, WebhookError> {
         if config.max_attempts == 0 || config.timeout.is_zero() {
             return Err(WebhookError::Invalid(
                 "max_attempts and timeout must be greater than zero".to_owned(),
@@ -231,10 +263,11 @@ impl Dispatcher {
             subs: RwLock::new(HashMap::new()),
             creating: tokio::sync::Mutex::new(()),
             closing: AtomicBool::new(false),
+            active: AtomicBool::new(active),
         };
 
         let mut entries = HashMap::new();
-        let (mut active, mut paused) = (0usize, 0usize);
+        let (mut running, mut paused) = (0usize, 0usize);
         for loaded in loaded {
             let mut cursors: Vec<u64> = loaded.cursors.iter().map(|c| c.unwrap_or(0)).collect();
             if let Ok(info) = dispatcher.ctx.store.describe_topic(&loaded.record.topic).await
@@ -252,14 +285,208 @@ impl Dispatcher {
                 paused += 1;
                 None
             } else {
-                active += 1;
-                Some(dispatcher.spawn(&shared))
+                running += 1;
+                dispatcher.spawn_if_active(&shared)
             };
             entries.insert(loaded.record.id.clone(), Entry::new(loaded.record, shared, worker));
         }
         *dispatcher.subs_mut() = entries;
-        info!(active, paused, "webhook dispatcher started");
+        info!(active = running, paused, delivering = active, "webhook dispatcher started");
         Ok(dispatcher)
+    }
+
+    /// Whether this dispatcher delivers.
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Makes this dispatcher the delivering one (reloading every subscription and cursor from the state store
+    /// first, since another node may have delivered meanwhile) or puts it on standby (every task stops after
+    /// its attempt in flight and commits its cursors). Idempotent.
+    pub async fn set_active(&self, active: bool) {
+        let _creating = self.creating.lock().await;
+        if self.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        let was = self.active.swap(active, Ordering::SeqCst);
+        if active {
+            if let Err(e) = self.reconcile().await {
+                // The tasks of the subscriptions already known run; the next rescan retries the rest.
+                warn!(error = %e, "reloading webhook subscriptions on activation failed");
+            }
+            if !was {
+                info!("webhook delivery active on this node");
+            }
+            return;
+        }
+        let entries: Vec<(String, Arc<Entry>)> =
+            self.subs().iter().map(|(id, e)| (id.clone(), Arc::clone(e))).collect();
+        let mut workers = Vec::new();
+        for (id, entry) in entries {
+            if let Some(worker) = entry.worker.lock().await.take() {
+                worker.stop.send_replace(true);
+                workers.push((id, worker));
+            }
+        }
+        let stopped = workers.len();
+        for (id, worker) in workers {
+            stop_worker(&id, worker, self.ctx.config.timeout).await;
+        }
+        if was {
+            info!(stopped, "webhook delivery on standby on this node");
+        }
+    }
+
+    /// Brings the in-memory subscriptions in line with the state store: subscriptions created, paused, resumed
+    /// or deleted through another node; on the active node also starts and stops tasks accordingly and takes up
+    /// redrive requests left by other nodes. Cheap enough to run every second or two.
+    pub async fn rescan(&self) -> Result<(), WebhookError> {
+        let _creating = self.creating.lock().await;
+        if self.closing.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.reconcile().await
+    }
+
+    /// Keeps this dispatcher active exactly while `held` is true (the `webhooks` lease) and rescans every
+    /// `rescan_every`, until `held`'s sender is gone. Run it as a task; [`Dispatcher::shutdown`] still stops it.
+    pub async fn follow(self: Arc<Self>, mut held: watch::Receiver<bool>, rescan_every: Duration) {
+        loop {
+            let want = *held.borrow_and_update();
+            if want != self.is_active() {
+                self.set_active(want).await;
+            }
+            tokio::select! {
+                changed = held.changed() => {
+                    if changed.is_err() {
+                        // The lease task ended (the node is stopping): deliver no more.
+                        self.set_active(false).await;
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(rescan_every) => {
+                    if let Err(e) = self.rescan().await {
+                        warn!(error = %e, "rescanning webhook subscriptions failed; will retry");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The body of [`Dispatcher::rescan`]; the caller holds `creating`.
+    async fn reconcile(&self) -> Result<(), WebhookError> {
+        let records = self.ctx.persist.records().await?;
+        let mut cursors = self.ctx.persist.all_cursors().await?;
+        let active = self.is_active();
+        let ids: HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
+        let gone: Vec<(String, Arc<Entry>)> = self
+            .subs()
+            .iter()
+            .filter(|(id, _)| !ids.contains(id.as_str()))
+            .map(|(id, e)| (id.clone(), Arc::clone(e)))
+            .collect();
+        for (id, entry) in gone {
+            let mut worker = entry.worker.lock().await;
+            let had_task = worker.is_some();
+            if let Some(running) = worker.take() {
+                stop_worker(&id, running, self.ctx.config.timeout).await;
+            }
+            entry.deleted.store(true, Ordering::SeqCst);
+            self.subs_mut().remove(&id);
+            if had_task {
+                // The task's last commit may have written cursors after the delete: remove them again.
+                if let Err(e) = self.ctx.persist.delete(&id).await {
+                    warn!(subscription = %id, error = %e, "cleaning up a deleted subscription's cursors failed");
+                }
+            }
+            info!(subscription = %id, "webhook subscription deleted through another node");
+        }
+        for record in records {
+            let persisted = cursors.remove(&record.id).unwrap_or_default();
+            let existing = self.subs().get(&record.id).cloned();
+            let Some(entry) = existing else {
+                self.adopt(record, persisted, active).await;
+                continue;
+            };
+            let mut worker = entry.worker.lock().await;
+            if entry.deleted.load(Ordering::SeqCst) {
+                continue;
+            }
+            let paused = record.paused;
+            if *entry.record() != record {
+                *entry.record() = record;
+            }
+            if worker.is_some() {
+                if !paused && active {
+                    // Running here: its in-memory cursors are ahead of the persisted ones.
+                    continue;
+                }
+                if let Some(running) = worker.take() {
+                    stop_worker(&entry.shared.id, running, self.ctx.config.timeout).await;
+                }
+                entry.shared.status().failing = false;
+                // The task's last commit made the persisted cursors equal the in-memory ones.
+                continue;
+            }
+            // No task here: whoever delivers (another node, or nobody) persisted the truth.
+            merge_cursors(&mut entry.shared.status().cursors, &persisted);
+            if active && !paused {
+                match self.ctx.persist.dead_letter_state(&entry.shared.id).await {
+                    Ok((count, next_seq)) => {
+                        let mut status = entry.shared.status();
+                        status.dead_letters = count;
+                        status.next_dead_seq = next_seq;
+                    }
+                    Err(e) => {
+                        warn!(subscription = %entry.shared.id, error = %e, "reading dead letters failed; will retry");
+                        continue;
+                    }
+                }
+                *worker = Some(self.spawn(&entry.shared));
+            }
+        }
+        if active {
+            for id in self.ctx.persist.take_redrive_requests().await? {
+                if let Some(entry) = self.subs().get(&id) {
+                    entry.shared.status().redrive = true;
+                    entry.shared.wake.notify_one();
+                    info!(subscription = %id, "webhook redrive taken up from another node");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A subscription first seen in the state store (created through another node).
+    async fn adopt(&self, record: StoredRecord, persisted: Vec<Option<u64>>, active: bool) {
+        let id = record.id.clone();
+        let (dead_letters, next_dead_seq) = match self.ctx.persist.dead_letter_state(&id).await {
+            Ok(state) => state,
+            Err(e) => {
+                warn!(subscription = %id, error = %e, "reading dead letters failed; will retry");
+                return;
+            }
+        };
+        let mut cursors: Vec<u64> = persisted.iter().map(|c| c.unwrap_or(0)).collect();
+        if let Ok(info) = self.ctx.store.describe_topic(&record.topic).await
+            && cursors.len() < info.partitions as usize
+        {
+            cursors.resize(info.partitions as usize, 0);
+        }
+        let shared = match self.shared(&record, cursors, dead_letters, next_dead_seq) {
+            Ok(shared) => shared,
+            Err(e) => {
+                warn!(subscription = %id, error = %e, "a webhook subscription in the state store is unusable");
+                return;
+            }
+        };
+        let worker = if active && !record.paused { Some(self.spawn(&shared)) } else { None };
+        debug!(subscription = %id, delivering = worker.is_some(), "webhook subscription picked up from the state store");
+        self.subs_mut().insert(id, Entry::new(record, shared, worker));
+    }
+
+    fn spawn_if_active(&self, shared: &Arc<Shared>) -> Option<Worker> {
+        self.is_active().then(|| self.spawn(shared))
     }
 
     /// Stops every task (each commits its cursors first); afterwards every control operation is refused.
@@ -431,6 +658,18 @@ impl Dispatcher {
     }
 }
 
+/// Takes persisted cursors where there are any; partitions the store knows nothing of keep theirs.
+fn merge_cursors(cursors: &mut Vec<u64>, persisted: &[Option<u64>]) {
+    if cursors.len() < persisted.len() {
+        cursors.resize(persisted.len(), 0);
+    }
+    for (cursor, stored) in cursors.iter_mut().zip(persisted) {
+        if let Some(stored) = stored {
+            *cursor = *stored;
+        }
+    }
+}
+
 async fn stop_worker(id: &str, mut worker: Worker, attempt_timeout: Duration) {
     worker.stop.send_replace(true);
     if tokio::time::timeout(attempt_timeout + STOP_GRACE, &mut worker.task).await.is_err() {
@@ -501,13 +740,13 @@ impl SubscriptionControl for Dispatcher {
         }
         let shared = self.shared(&record, cursors.clone(), 0, 1)?;
         self.ctx.persist.create(&record, &cursors).await?;
-        let worker = self.spawn(&shared);
+        let worker = self.spawn_if_active(&shared);
         info!(
             subscription = %record.id, owner, topic = %record.topic,
             host = shared.url.as_ref().ok().and_then(|u| u.host_str()).unwrap_or(""),
             from = %record.from, "webhook subscription created"
         );
-        let entry = Entry::new(record.clone(), Arc::clone(&shared), Some(worker));
+        let entry = Entry::new(record.clone(), Arc::clone(&shared), worker);
         self.subs_mut().insert(record.id.clone(), entry);
         Ok(Created { subscription: self.view(&record, &shared).await, secret })
     }
@@ -533,6 +772,7 @@ impl SubscriptionControl for Dispatcher {
     }
 
     async fn pause(&self, id: &str) -> Result<SubscriptionView, WebhookError> {
+        let creating = self.creating.lock().await;
         let entry = self.entry(id)?;
         let mut worker = self.control(id, &entry).await?;
         let paused = entry.record().paused;
@@ -548,11 +788,13 @@ impl SubscriptionControl for Dispatcher {
             info!(subscription = %id, "webhook subscription paused");
         }
         drop(worker);
+        drop(creating);
         let record = entry.record().clone();
         Ok(self.view(&record, &entry.shared).await)
     }
 
     async fn resume(&self, id: &str) -> Result<SubscriptionView, WebhookError> {
+        let creating = self.creating.lock().await;
         let entry = self.entry(id)?;
         let mut worker = self.control(id, &entry).await?;
         let paused = entry.record().paused;
@@ -561,15 +803,17 @@ impl SubscriptionControl for Dispatcher {
             record.paused = false;
             self.ctx.persist.save(&record).await?;
             *entry.record() = record;
-            *worker = Some(self.spawn(&entry.shared));
+            *worker = self.spawn_if_active(&entry.shared);
             info!(subscription = %id, "webhook subscription resumed");
         }
         drop(worker);
+        drop(creating);
         let record = entry.record().clone();
         Ok(self.view(&record, &entry.shared).await)
     }
 
     async fn delete(&self, id: &str) -> Result<(), WebhookError> {
+        let _creating = self.creating.lock().await;
         let entry = self.entry(id)?;
         let mut worker = self.control(id, &entry).await?;
         // The task goes first: its last cursor commit must not land after the delete.
@@ -579,7 +823,7 @@ impl SubscriptionControl for Dispatcher {
         if let Err(e) = self.ctx.persist.delete(id).await {
             let paused = entry.record().paused;
             if !paused {
-                *worker = Some(self.spawn(&entry.shared));
+                *worker = self.spawn_if_active(&entry.shared);
             }
             return Err(e);
         }
@@ -604,6 +848,13 @@ impl SubscriptionControl for Dispatcher {
         let (record, shared) = self.snapshot(id)?;
         if record.paused {
             return Err(WebhookError::Paused(id.to_owned()));
+        }
+        if !self.is_active() {
+            // Another node delivers: leave the request where it looks.
+            self.ctx.persist.request_redrive(id).await?;
+            let count = shared.status().dead_letters;
+            info!(subscription = %id, dead_letters = count, "webhook redrive queued for the delivering node");
+            return Ok(count);
         }
         let count = {
             let mut status = shared.status();

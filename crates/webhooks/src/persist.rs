@@ -6,9 +6,12 @@
 //! - `webhook_cursors`: key = `id \0 partition` (zero-padded, so keys sort by partition), value = the next offset
 //!   to deliver, as decimal text.
 //! - `webhook_dead_letters`: key = `id \0 seq` (zero-padded), value = JSON [`DeadLetter`].
+//! - `webhook_redrive`: key = subscription id, value empty: a redrive asked for on a node that does not deliver
+//!   (it does not hold the `webhooks` lease); the delivering node takes it up at its next rescan.
 //!
 //! `\0` cannot occur in an id (ids are generated: `sub_` + hex), so an id's prefix scan finds only its own keys.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,6 +23,7 @@ use crate::model::{DeadLetter, Format, WebhookError};
 pub(crate) const SUBSCRIPTIONS: &str = "webhook_subscriptions";
 pub(crate) const CURSORS: &str = "webhook_cursors";
 pub(crate) const DEAD_LETTERS: &str = "webhook_dead_letters";
+pub(crate) const REDRIVE: &str = "webhook_redrive";
 
 /// A subscription as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +64,31 @@ fn dead_key(id: &str, seq: u64) -> String {
     format!("{id}\0{seq:020}")
 }
 
+/// `(subscription id, partition, offset)` of one cursor entry.
+fn parse_cursor<'k>(key: &'k str, value: &[u8]) -> Result<(&'k str, usize, u64), WebhookError> {
+    let (id, partition) = key.rsplit_once('\0').ok_or_else(|| corrupt(key, "no partition in the key"))?;
+    let partition = partition
+        .parse::<usize>()
+        .ok()
+        .filter(|p| *p < MAX_PARTITIONS)
+        .ok_or_else(|| corrupt(key, "no valid partition in the key"))?;
+    let offset = std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| corrupt(key, "the cursor is not a number"))?;
+    Ok((id, partition, offset))
+}
+
+/// Far above any topic's partition count; a key beyond it is corrupt, not a reason to allocate.
+const MAX_PARTITIONS: usize = 1 << 16;
+
+fn set_cursor(cursors: &mut Vec<Option<u64>>, partition: usize, offset: u64) {
+    if cursors.len() <= partition {
+        cursors.resize(partition + 1, None);
+    }
+    cursors[partition] = Some(offset);
+}
+
 fn corrupt(key: &str, detail: impl ToString) -> WebhookError {
     WebhookError::Corrupt { key: key.to_owned(), detail: detail.to_string() }
 }
@@ -89,35 +118,67 @@ impl Persist {
 
     pub(crate) async fn load_all(&self) -> Result<Vec<Loaded>, WebhookError> {
         let mut loaded = Vec::new();
-        for (key, value) in self.meta.scan(SUBSCRIPTIONS, "").await? {
-            let record: Record = serde_json::from_slice(&value).map_err(|e| corrupt(&key, e))?;
+        for record in self.records().await? {
             let mut cursors = Vec::new();
             for (key, value) in self.meta.scan(CURSORS, &prefix(&record.id)).await? {
-                let partition = key
-                    .rsplit('\0')
-                    .next()
-                    .and_then(|p| p.parse::<usize>().ok())
-                    .ok_or_else(|| corrupt(&key, "no partition in the key"))?;
-                let offset = std::str::from_utf8(&value)
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or_else(|| corrupt(&key, "the cursor is not a number"))?;
-                if cursors.len() <= partition {
-                    cursors.resize(partition + 1, None);
-                }
-                cursors[partition] = Some(offset);
+                let (_, partition, offset) = parse_cursor(&key, &value)?;
+                set_cursor(&mut cursors, partition, offset);
             }
-            let dead = self.meta.scan(DEAD_LETTERS, &prefix(&record.id)).await?;
-            let next_dead_seq = match dead.last() {
-                Some((key, value)) => {
-                    let letter: DeadLetter = serde_json::from_slice(value).map_err(|e| corrupt(key, e))?;
-                    letter.seq + 1
-                }
-                None => 1,
-            };
-            loaded.push(Loaded { record, cursors, dead_letters: dead.len(), next_dead_seq });
+            let (dead_letters, next_dead_seq) = self.dead_letter_state(&record.id).await?;
+            loaded.push(Loaded { record, cursors, dead_letters, next_dead_seq });
         }
         Ok(loaded)
+    }
+
+    /// Every subscription record, in id order.
+    pub(crate) async fn records(&self) -> Result<Vec<Record>, WebhookError> {
+        let mut records = Vec::new();
+        for (key, value) in self.meta.scan(SUBSCRIPTIONS, "").await? {
+            records.push(serde_json::from_slice(&value).map_err(|e| corrupt(&key, e))?);
+        }
+        Ok(records)
+    }
+
+    /// Every subscription's persisted cursors (one scan), indexed by partition.
+    pub(crate) async fn all_cursors(&self) -> Result<HashMap<String, Vec<Option<u64>>>, WebhookError> {
+        let mut all: HashMap<String, Vec<Option<u64>>> = HashMap::new();
+        for (key, value) in self.meta.scan(CURSORS, "").await? {
+            let (id, partition, offset) = parse_cursor(&key, &value)?;
+            set_cursor(all.entry(id.to_owned()).or_default(), partition, offset);
+        }
+        Ok(all)
+    }
+
+    /// How many dead letters a subscription has, and the sequence number the next one gets.
+    pub(crate) async fn dead_letter_state(&self, id: &str) -> Result<(usize, u64), WebhookError> {
+        let dead = self.meta.scan(DEAD_LETTERS, &prefix(id)).await?;
+        let next_dead_seq = match dead.last() {
+            Some((key, value)) => {
+                let letter: DeadLetter = serde_json::from_slice(value).map_err(|e| corrupt(key, e))?;
+                letter.seq + 1
+            }
+            None => 1,
+        };
+        Ok((dead.len(), next_dead_seq))
+    }
+
+    /// Leaves a redrive request for the node that delivers (see the module doc).
+    pub(crate) async fn request_redrive(&self, id: &str) -> Result<(), WebhookError> {
+        self.meta.put(REDRIVE, id, Bytes::new()).await?;
+        Ok(())
+    }
+
+    /// Takes every pending redrive request: returns their ids and removes them.
+    pub(crate) async fn take_redrive_requests(&self) -> Result<Vec<String>, WebhookError> {
+        let mut ids = Vec::new();
+        for (id, value) in self.meta.scan(REDRIVE, "").await? {
+            // Compare-and-delete: a request made again meanwhile is the same request, but must not be lost
+            // either way; the value never changes, so this only guards against a concurrent take.
+            if self.meta.compare_and_set(REDRIVE, &id, Some(value), None).await? {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
     }
 
     /// The record and its starting cursors, atomically.
@@ -138,7 +199,10 @@ impl Persist {
 
     /// The record, its cursors and its dead letters, atomically.
     pub(crate) async fn delete(&self, id: &str) -> Result<(), WebhookError> {
-        let mut writes = vec![Write { collection: SUBSCRIPTIONS, key: id.to_owned(), value: None }];
+        let mut writes = vec![
+            Write { collection: SUBSCRIPTIONS, key: id.to_owned(), value: None },
+            Write { collection: REDRIVE, key: id.to_owned(), value: None },
+        ];
         for collection in [CURSORS, DEAD_LETTERS] {
             for (key, _) in self.meta.scan(collection, &prefix(id)).await? {
                 writes.push(Write { collection, key, value: None });
@@ -208,6 +272,14 @@ impl Persist {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cursor_entries_parse_to_id_partition_and_offset() {
+        let key = cursor_key("sub_ab", 3);
+        assert_eq!(parse_cursor(&key, b"42").unwrap(), ("sub_ab", 3, 42));
+        assert!(parse_cursor("sub_ab", b"42").is_err());
+        assert!(parse_cursor(&key, b"x").is_err());
+    }
 
     #[test]
     fn keys_sort_by_partition_and_sequence() {

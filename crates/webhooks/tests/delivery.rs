@@ -677,3 +677,92 @@ async fn a_host_name_resolving_to_a_denied_network_is_not_called() {
     dispatcher.shutdown().await;
     fx.close().await;
 }
+
+#[tokio::test]
+async fn only_the_active_dispatcher_delivers_and_a_standby_one_takes_over_from_the_persisted_cursors() {
+    let fx = Fixture::new(2).await;
+    let (receiver, url) = Receiver::start(|_| Reply::Ok).await;
+    let standby = |fx: &Fixture| {
+        Dispatcher::standby(
+            Arc::clone(&fx.store),
+            Arc::clone(&fx.meta),
+            quick(),
+            Arc::new(esgf_events_webhooks::AllowAll),
+        )
+    };
+    // Two nodes over one backend: `a` delivers, `b` only answers the API.
+    let a = standby(&fx).await.expect("a");
+    let b = standby(&fx).await.expect("b");
+    a.set_active(true).await;
+    assert!(a.is_active() && !b.is_active());
+
+    // Created through the standby node: persisted there, delivered by the active one once it rescans.
+    let view = create(&b, &receiver, subscription(&url, "beginning")).await;
+    fx.publish(0, 0..20).await;
+    fx.publish(1, 0..20).await;
+    a.rescan().await.expect("rescan");
+    receiver.wait_accepted(20).await;
+
+    // Hand-over mid-stream: `a` stops (committing its cursors), `b` reloads them and goes on.
+    a.set_active(false).await;
+    let handed_over = receiver.accepted_ids().len();
+    b.set_active(true).await;
+    fx.publish(0, 20..30).await;
+    fx.publish(1, 20..30).await;
+    receiver.wait_accepted(60).await;
+    wait_view(&b, &view.id, "no lag", |v| v.lag == 0).await;
+    let accepted = receiver.accepted_ids();
+    assert_eq!(accepted.len(), 60, "a clean hand-over re-delivers nothing (handed over after {handed_over})");
+    for partition in 0..2 {
+        assert_eq!(offsets_of(&accepted, partition), (0..30).collect::<Vec<u64>>(), "partition {partition}");
+    }
+
+    // A pause through the standby node reaches the delivering one at its next rescan.
+    let paused = a.pause(&view.id).await.expect("pause via standby");
+    assert_eq!(paused.state, State::Paused);
+    b.rescan().await.expect("rescan");
+    assert_eq!(b.get(&view.id).await.expect("get").state, State::Paused);
+    fx.publish(0, 30..31).await;
+    wait_view(&b, &view.id, "lag seen", |v| v.lag == 1).await;
+    assert_eq!(receiver.log().len(), 60, "nothing is delivered while paused");
+
+    // A delete through the standby node makes the delivering node forget it.
+    a.delete(&view.id).await.expect("delete via standby");
+    b.rescan().await.expect("rescan");
+    assert!(matches!(b.get(&view.id).await, Err(WebhookError::NotFound(_))));
+    a.shutdown().await;
+    b.shutdown().await;
+    fx.close().await;
+}
+
+#[tokio::test]
+async fn a_redrive_asked_of_a_standby_dispatcher_is_carried_out_by_the_active_one() {
+    let fx = Fixture::new(1).await;
+    let (receiver, url) = Receiver::start(|_| Reply::Status(500)).await;
+    let config = WebhookConfig { max_attempts: 2, ..quick() };
+    let open = || {
+        Dispatcher::standby(
+            Arc::clone(&fx.store),
+            Arc::clone(&fx.meta),
+            config.clone(),
+            Arc::new(esgf_events_webhooks::AllowAll),
+        )
+    };
+    let (active, standby) = (open().await.expect("active"), open().await.expect("standby"));
+    active.set_active(true).await;
+    let view = create(&active, &receiver, subscription(&url, "latest")).await;
+    fx.publish(0, 0..2).await;
+    wait_view(&active, &view.id, "2 dead letters", |v| v.dead_letters == 2).await;
+
+    receiver.set_script(|_| Reply::Ok);
+    standby.rescan().await.expect("rescan");
+    standby.redrive(&view.id).await.expect("redrive via the standby node");
+    assert!(receiver.accepted_ids().is_empty(), "the standby node delivers nothing itself");
+    active.rescan().await.expect("rescan");
+    receiver.wait_accepted(2).await;
+    assert_eq!(receiver.accepted_ids(), vec!["t-0-0", "t-0-1"]);
+    wait_view(&active, &view.id, "empty list", |v| v.dead_letters == 0 && !v.redriving).await;
+    active.shutdown().await;
+    standby.shutdown().await;
+    fx.close().await;
+}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 
 import feedparser
@@ -33,8 +34,29 @@ def test_atom_feeds_parse_and_carry_announcements_and_changes(server):
 
         changelog = feedparser.parse(c.get("/changelog.atom").content)
         assert not changelog.bozo, changelog.bozo_exception
+        assert changelog.version == "atom10"
+        # Atom requires an id and an updated time on every entry; readers de-duplicate by id.
+        for entries in (feed.entries, changelog.entries):
+            assert all(e.get("id") and e.get("updated_parsed") for e in entries)
+            assert len({e.id for e in entries}) == len(entries)
         assert any(e.title.startswith("Maintenance window") for e in changelog.entries)
         assert any(e.title == "Release: Foundation" for e in changelog.entries)
+
+
+def test_feeds_without_entries_still_parse_and_are_advertised_by_the_pages(server):
+    with server.client() as c:
+        for path in ("/announcements.atom", "/changelog.atom"):
+            r = c.get(path)
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("application/atom+xml")
+            feed = feedparser.parse(r.content)
+            assert not feed.bozo, (path, feed.bozo_exception)
+            assert feed.version == "atom10" and feed.feed.get("updated_parsed"), path
+        # Feed readers find the feeds from any page (autodiscovery).
+        for page in ("/", "/announcements", "/changelog", "/status", "/topics"):
+            advertised = re.findall(r'<link rel="alternate" type="application/atom\+xml"[^>]* href="([^"]+)"',
+                                    c.get(page).text)
+            assert set(advertised) == {"/announcements.atom", "/changelog.atom"}, (page, advertised)
 
 
 def test_metrics_parse_as_prometheus_exposition(server):
@@ -43,6 +65,7 @@ def test_metrics_parse_as_prometheus_exposition(server):
     with server.client() as c:
         r = c.get("/metrics")
         assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
         families = {f.name: f for f in text_string_to_metric_families(r.text)}
     # prometheus_client strips the `_total` suffix from counter family names.
     events_in = families["esgf_events_events_in"]

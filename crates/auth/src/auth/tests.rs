@@ -872,3 +872,65 @@ async fn a_consumer_group_belongs_to_its_first_user_across_restarts() {
     reopened.claim_group(&ceda, "index-replica").await.unwrap();
     assert!(matches!(reopened.claim_group(&dkrz, "index-replica").await, Err(GroupAccessError::Denied(_))));
 }
+
+// ----- following changes made by another node on a shared store -----
+
+/// A second `Auth` on the same state store: another service node, whose writes this one only learns of
+/// through `refresh`/`reload`.
+async fn other_node(f: &Fixture) -> Auth {
+    Auth::open_with_clock(f.meta.clone(), AuthConfig::default(), f.clock.clone()).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_revocation_on_another_node_takes_effect_here_once_refreshed() {
+    let f = Fixture::new().await;
+    let b = other_node(&f).await;
+    let secret = f.register(Role::Producer, "p1", &[TOPIC]).await;
+    assert!(b.authenticate_bearer(secret.expose()).await.is_err(), "not yet known to the other node");
+    b.refresh(PRINCIPALS, "p1").await.unwrap();
+    let who = b.authenticate_bearer(secret.expose()).await.expect("known after the refresh");
+    b.authorize(Some(&who), Action::Publish { topic: TOPIC }).unwrap();
+
+    f.auth.revoke(Role::Producer, "p1", &operator()).await.unwrap();
+    b.refresh(PRINCIPALS, "p1").await.unwrap();
+    assert!(matches!(b.authenticate_bearer(secret.expose()).await, Err(AuthError::Invalid(_))));
+    assert!(b.authorize(Some(&who), Action::Publish { topic: TOPIC }).is_err());
+    // Keys of collections access control does not keep are ignored.
+    b.refresh("topic_catalogue", "p1").await.unwrap();
+}
+
+#[tokio::test]
+async fn topic_flags_and_group_owners_follow_another_node() {
+    let f = Fixture::new().await;
+    let b = other_node(&f).await;
+    let ceda = Identity { name: "ceda-index".into(), role: Role::Consumer, method: AuthMethod::Token };
+    let dkrz = Identity { name: "dkrz-index".into(), role: Role::Consumer, method: AuthMethod::Token };
+    f.auth.set_topic_public(TOPIC, true, &operator()).await.unwrap();
+    f.auth.claim_group(&ceda, "replica").await.unwrap();
+    b.refresh(TOPIC_ACL, TOPIC).await.unwrap();
+    b.refresh(GROUP_OWNERS, "replica").await.unwrap();
+    assert!(b.is_topic_public(TOPIC));
+    assert!(matches!(b.claim_group(&dkrz, "replica").await, Err(GroupAccessError::Denied(_))));
+
+    f.auth.set_topic_public(TOPIC, false, &operator()).await.unwrap();
+    b.refresh(TOPIC_ACL, TOPIC).await.unwrap();
+    assert!(!b.is_topic_public(TOPIC));
+}
+
+#[tokio::test]
+async fn reload_drops_principals_deleted_elsewhere_and_keeps_unchanged_rate_limiters() {
+    let f = Fixture::new().await;
+    let b = other_node(&f).await;
+    let reg = Registration { rate: Some(rate(1, 2, None)), ..registration("prod", &[TOPIC]) };
+    f.auth.register(Role::Producer, reg, &operator()).await.unwrap();
+    let gone = f.register(Role::Consumer, "gone", &[]).await;
+    b.reload().await.unwrap();
+    assert!(b.authenticate_bearer(gone.expose()).await.is_ok());
+    let who = Identity { name: "prod".into(), role: Role::Producer, method: AuthMethod::Token };
+    b.check_publish_rate(&who, 2, 0).unwrap();
+
+    f.auth.revoke(Role::Consumer, "gone", &operator()).await.unwrap();
+    b.reload().await.unwrap();
+    assert!(b.authenticate_bearer(gone.expose()).await.is_err(), "deleted elsewhere, gone here");
+    assert!(b.check_publish_rate(&who, 1, 0).is_err(), "an unchanged rate keeps its (empty) bucket");
+}
