@@ -284,6 +284,18 @@ impl Catalogue {
         self.changelog(&entry).await;
     }
 
+    /// Records the creation of `topic` in the changelog: a new topic changes what is available to every client.
+    pub async fn record_topic_created(&self, topic: &str, partitions: u32, retention: &str, actor: &str) {
+        let entry = ChangeEntry {
+            time_ms: u64::try_from(self.now_ms()).unwrap_or(0),
+            kind: "topic-created".to_owned(),
+            title: format!("Topic {topic} created"),
+            detail: format!("{partitions} partition(s), retention {retention}; created by {actor}"),
+            topic: Some(topic.to_owned()),
+        };
+        self.changelog(&entry).await;
+    }
+
     /// Forgets a topic (it was deleted, or its creation failed).
     pub async fn remove(&self, topic: &str) -> Result<(), CatalogueError> {
         let _guard = self.writes.lock().await;

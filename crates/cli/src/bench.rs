@@ -12,6 +12,9 @@
 //! - webhook delivery throughput to a local receiver, for 1 and 8 subscriptions;
 //! - the time a `serve` child process needs to become ready again after `kill -9` with that large log.
 //!
+//! `--suite backends` (module `backends`) instead compares the storage backends: the same durable workload through
+//! the embedded engine, the NATS JetStream backend (1 and 3 replicas) and raw JetStream on the same servers.
+//!
 //! Events are generated once into a pool of a few thousand and reused, so memory stays bounded whatever volume
 //! is written. The load generator shares the machine's cores with the server it measures: figures are a floor.
 

@@ -77,6 +77,8 @@ mod lease_work;
 /// How often the webhook dispatcher looks for subscriptions created or changed through other nodes.
 const WEBHOOK_RESCAN: Duration = Duration::from_secs(2);
 
+/// How often the changelog is checked for topic changes to announce.
+const TOPIC_ANNOUNCER_EVERY: Duration = Duration::from_secs(2);
 /// How long shutdown waits for the leases to be released and this node's registry entry removed.
 const LEASE_RELEASE_WAIT: Duration = Duration::from_secs(5);
 
@@ -205,6 +207,18 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         Arc::clone(&meta),
         Arc::new(SystemClock),
     ));
+    // Changes to the available topics (from any endpoint or the lifecycle scheduler) become announcements.
+    let (stop_announcer, announcer_stopped) = watch::channel(false);
+    let announcer = tokio::spawn({
+        let announcer = Arc::new(esgf_events_ops::topic_announcer::TopicAnnouncer::new(
+            Arc::clone(&meta),
+            Arc::clone(&announcements),
+        ));
+        let held = leases.hold(lease_work::ANNOUNCER, leases_stopped.clone());
+        lease_work::while_held(lease_work::ANNOUNCER, held, announcer_stopped, move |stop| {
+            Arc::clone(&announcer).run(Arc::new(SystemClock), TOPIC_ANNOUNCER_EVERY, stop)
+        })
+    });
     let maintenance = match esgf_events_ops::Maintenance::open(
         Arc::clone(&meta),
         Arc::clone(&maintenance_state),
@@ -419,6 +433,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let _ = stop_status.send(true);
     if let Err(e) = status_task.await {
         warn!(error = %e, "status recorder task ended abnormally");
+    }
+    let _ = stop_announcer.send(true);
+    if let Err(e) = announcer.await {
+        warn!(error = %e, "topic change announcer ended abnormally");
     }
     let _ = stop_mail.send(true);
     if let Some(task) = mail_task

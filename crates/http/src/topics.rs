@@ -202,6 +202,9 @@ pub(crate) async fn create(
         if errors_topic {
             create_errors_topic(&state, catalogue, &info.name, config, who).await?;
         }
+        catalogue
+            .record_topic_created(&info.name, info.partitions, &format_retention(info.retention.max_age), who)
+            .await;
     }
     tracing::info!(
         topic = %info.name,

@@ -501,7 +501,7 @@ impl Broker {
             let mut result = create_topics_response::CreatableTopicResult::default();
             result.name = topic.name.clone();
             let outcome = if allowed {
-                self.create_topic(&topic, request.validate_only).await
+                self.create_topic(&topic, request.validate_only, session).await
             } else {
                 Err((errors::topic_denied(), "creating topics needs the operator role".to_owned()))
             };
@@ -532,6 +532,7 @@ impl Broker {
         &self,
         topic: &create_topics_request::CreatableTopic,
         validate_only: bool,
+        session: &Session,
     ) -> Result<u32, (i16, String)> {
         let invalid = |error: ResponseError, message: &str| Err((code(error), message.to_owned()));
         if !topic.assignments.is_empty() {
@@ -585,6 +586,15 @@ impl Broker {
         match self.ctx.store.create_topic(&topic.name, config).await {
             Ok(info) => {
                 info!(topic = %info.name, partitions = info.partitions, "topic created over Kafka");
+                if let Some(catalogue) = &self.ctx.catalogue {
+                    let who = session.identity.as_ref().map_or("a Kafka client", |i| i.name.as_str());
+                    let retention = match info.retention.max_age.map(|a| a.as_secs()) {
+                        Some(s) if s % 86_400 == 0 => format!("{}d", s / 86_400),
+                        Some(s) => format!("{s}s"),
+                        None => "forever".to_owned(),
+                    };
+                    catalogue.record_topic_created(&info.name, info.partitions, &retention, who).await;
+                }
                 Ok(info.partitions)
             }
             Err(e) => Err((errors::create_topic_error(&e), e.to_string())),

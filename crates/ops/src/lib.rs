@@ -19,6 +19,7 @@ pub mod rates;
 pub mod recipients;
 pub mod status;
 pub mod svg;
+pub mod topic_announcer;
 
 pub use maintenance::{
     Maintenance, MaintenanceError, MaintenanceMode, MaintenanceState, NewWindow, Window, WindowPatch,

@@ -308,7 +308,7 @@ async fn open_setup(
 /// A topic or stream made for one target and cell, removed afterwards.
 enum Sink {
     Topic { store: Arc<dyn LogStore>, name: Arc<str> },
-    Raw { js: jetstream::Context, client: async_nats::Client, stream: String, subject: Arc<str> },
+    Raw { js: Box<jetstream::Context>, client: async_nats::Client, stream: String, subject: Arc<str> },
 }
 
 impl Sink {
@@ -358,7 +358,7 @@ async fn make_sink(setup: &Setup, target: Target, cell: &str) -> anyhow::Result<
     if target.replicas() == Some(3) {
         lead_on(&js, &stream, &setup.cluster.nodes[0].name).await?;
     }
-    Ok(Sink::Raw { js, client, stream, subject: subject.into() })
+    Ok(Sink::Raw { js: Box::new(js), client, stream, subject: subject.into() })
 }
 
 fn slug(target: Target) -> &'static str {
@@ -469,7 +469,7 @@ fn sink_op(
 
 enum SinkRef {
     Topic(Arc<dyn LogStore>, Arc<str>),
-    Raw(jetstream::Context, async_nats::Client, Arc<str>),
+    Raw(Box<jetstream::Context>, async_nats::Client, Arc<str>),
 }
 
 /// One atomic batch (ADR-50) from a plain client: what the backend sends, minus its own headers and checks.

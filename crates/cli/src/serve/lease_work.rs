@@ -15,6 +15,7 @@ pub(super) const WEBHOOKS: &str = "webhooks";
 pub(super) const MAIL: &str = "mail";
 pub(super) const RETENTION: &str = "retention";
 pub(super) const LIFECYCLE: &str = "lifecycle";
+pub(super) const ANNOUNCER: &str = "announcer";
 
 /// `<hostname>-<6 random hex digits>`: unique per start, recognisable in logs and `GET /v1/cluster`.
 pub(super) fn default_node_id() -> String {
