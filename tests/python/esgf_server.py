@@ -139,6 +139,18 @@ class EsgfServer:
             assert response.status_code == 201, response.text
             return response.json()
 
+    def wait_for_address(self, name: str, timeout: float = 30.0) -> str:
+        """Waits until the server logged `listening` with `name` (e.g. `kafka_addr`); on failure shows whether the
+        process is still running and its log, so a crash is not mistaken for slowness."""
+        deadline = time.monotonic() + timeout
+        while name not in self.addresses:
+            exited = self.process is None or self.process.poll() is not None
+            if exited or time.monotonic() > deadline:
+                state = "exited" if exited else "still running"
+                pytest.fail(f"no {name} logged (server {state}):\n" + "\n".join(list(self.log)[-200:]))
+            time.sleep(0.02)
+        return self.addresses[name]
+
     def publish(self, topic: str, events: list) -> list[dict]:
         """Publishes `events` as one batch; returns their placements."""
         with self.client() as client:

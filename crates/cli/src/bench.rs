@@ -74,8 +74,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub events: Option<u64>,
     /// `--suite backends`: which cells to measure: `store` (appends through the storage interface against raw
-    /// JetStream), `http` (publishes through the HTTP API against raw JetStream), or both.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "store,http")]
+    /// JetStream), `http` (publishes through the HTTP API against raw JetStream), `http-catalogue` (the same
+    /// with the topic catalogue's event-id dedupe in the state store, as `serve` runs it).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "store,http,http-catalogue")]
     pub levels: Vec<BackendLevel>,
 }
 
@@ -84,6 +85,8 @@ pub struct BenchArgs {
 pub enum BackendLevel {
     Store,
     Http,
+    /// HTTP with the topic catalogue (validation policy, idempotent publish by event id) as `serve` runs it.
+    HttpCatalogue,
 }
 
 /// The measurement suites of `esgf-events bench`.
@@ -982,6 +985,16 @@ impl InProcessServer {
         log: Arc<dyn LogStore>,
         auth: Option<(Arc<esgf_events_auth::Auth>, String)>,
     ) -> anyhow::Result<Self> {
+        Self::start_with_catalogue(log, auth, None).await
+    }
+
+    /// [`InProcessServer::start`], with the topic catalogue (validation policy, lifecycle, idempotent publish
+    /// by `metadata.event_id`) as `serve` has it.
+    async fn start_with_catalogue(
+        log: Arc<dyn LogStore>,
+        auth: Option<(Arc<esgf_events_auth::Auth>, String)>,
+        catalogue: Option<Arc<esgf_events_catalogue::Catalogue>>,
+    ) -> anyhow::Result<Self> {
         let listener =
             tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
         let address = listener.local_addr()?;
@@ -995,7 +1008,7 @@ impl InProcessServer {
             offsets: None,
             webhooks: None,
             ops: Default::default(),
-            catalogue: None,
+            catalogue,
             cluster: None,
         };
         let task = tokio::spawn(esgf_events_http::serve(listener, server, async move {

@@ -35,8 +35,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use common::{Options, PublishResponse, Server, client_builder, operator_token};
-use esgf_events_nats::testing::{NatsCluster, TEST_TOKEN};
+use common::nats::{ServiceNode, runtime};
+use common::{PublishResponse, Server, client_builder, operator_token, poll_until};
+use esgf_events_nats::testing::NatsCluster;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -72,40 +73,13 @@ struct Endpoint {
     kafka: String,
 }
 
-/// The bound Kafka address, from the server's `listening` log line (`kafka_addr=...`).
-fn kafka_addr(server: &Server) -> String {
-    let log = server.logs();
-    log.lines()
-        .find_map(|line| {
-            let (_, rest) = line.split_once("kafka_addr=")?;
-            Some(rest.split_whitespace().next()?.trim_matches(|c| c == '"' || c == ',').to_owned())
-        })
-        .unwrap_or_else(|| panic!("the server logged no kafka_addr:\n{log}"))
-}
-
 fn endpoint(server: &Server) -> Endpoint {
-    Endpoint { http: server.url(), kafka: kafka_addr(server) }
+    Endpoint { http: server.url(), kafka: server.kafka_addr() }
 }
 
-/// Serve options of a service node on `cluster`, its NATS URLs in the order given (local site first).
-fn service_options(cluster: &NatsCluster, nats_nodes: &[usize], extra_env: &[(&str, &str)]) -> Options {
-    let urls: Vec<String> = nats_nodes.iter().map(|&n| cluster.url(n)).collect();
-    let mut env = vec![("ESGF_EVENTS_NATS_TOKEN".to_owned(), TEST_TOKEN.to_owned())];
-    env.extend(extra_env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    Options {
-        env,
-        args: vec![
-            "--storage".to_owned(),
-            urls.join(","),
-            "--kafka-addr".to_owned(),
-            "127.0.0.1:0".to_owned(),
-        ],
-        ..Options::default()
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+/// A service node on `cluster` taking Kafka clients, its NATS URLs in the order given (local site first).
+fn service_node(cluster: &NatsCluster, nats_nodes: &[usize]) -> ServiceNode {
+    ServiceNode::on_nodes(cluster, nats_nodes).with_kafka()
 }
 
 /// One event: `id` is unique per publish attempt, the key comes from `data.payload.item_id`.
@@ -217,26 +191,24 @@ impl Publishers {
     /// given) after ledger position `from`; returns how long that took.
     fn wait_progress(&self, what: &str, from: usize, node: Option<usize>) -> Duration {
         let started = Instant::now();
-        loop {
+        let ((http, kafka), took) = poll_until(PROGRESS_TIMEOUT, poll_interval(), what, || {
             let (http, kafka) = self.ledger.since(from, node);
             if http >= PROGRESS_ACKS && (kafka >= PROGRESS_ACKS || !self.kafka) {
-                eprintln!(
-                    "{what}: publishing continues after {:?} ({http} HTTP, {kafka} Kafka acks); longest wait \
-                     for an acknowledgement per publisher since: {:?}",
-                    started.elapsed(),
-                    self.ledger.longest_waits(started)
-                );
-                return started.elapsed();
+                return Ok((http, kafka));
             }
-            assert!(
-                started.elapsed() < PROGRESS_TIMEOUT,
-                "{what}: publishing did not continue within {PROGRESS_TIMEOUT:?} ({http} HTTP and {kafka} Kafka \
-                 acknowledgements{}, {} failed attempts so far)",
+            Err(format!(
+                "publishing did not continue ({http} HTTP and {kafka} Kafka acknowledgements{}, {} failed \
+                 attempts so far)",
                 node.map(|n| format!(" by service node {n}")).unwrap_or_default(),
                 self.ledger.failures.load(Ordering::Relaxed)
-            );
-            thread::sleep(poll_interval());
-        }
+            ))
+        });
+        eprintln!(
+            "{what}: publishing continues after {took:?} ({http} HTTP, {kafka} Kafka acks); longest wait for an \
+             acknowledgement per publisher since: {:?}",
+            self.ledger.longest_waits(started)
+        );
+        took
     }
 
     /// Stops publishing (each publisher finishes its request in flight) and returns every acknowledgement.
@@ -603,18 +575,10 @@ fn check_acknowledged(acks: &[Ack], log: &[Vec<String>]) {
 
 /// Waits until `count()` reaches `want`, failing after [`CATCH_UP_TIMEOUT`].
 fn wait_for_count(what: &str, want: usize, count: impl Fn() -> usize) {
-    let started = Instant::now();
-    loop {
+    poll_until(CATCH_UP_TIMEOUT, poll_interval(), what, || {
         let have = count();
-        if have >= want {
-            return;
-        }
-        assert!(
-            started.elapsed() < CATCH_UP_TIMEOUT,
-            "{what}: {have} of {want} events after {CATCH_UP_TIMEOUT:?}"
-        );
-        thread::sleep(poll_interval());
-    }
+        if have >= want { Ok(()) } else { Err(format!("{have} of {want} events")) }
+    });
 }
 
 /// The SSE consumer received exactly the log, partition by partition.
@@ -701,32 +665,30 @@ fn lease_owner(server: &Server, name: &str) -> Option<String> {
 
 /// Polls until lease `name` has an owner other than `not`; returns it.
 fn wait_lease_owner(server: &Server, name: &str, not: Option<&str>, timeout: Duration) -> String {
-    let started = Instant::now();
-    loop {
+    let what = format!("lease {name} owned by another node than {not:?}");
+    let (owner, _) = poll_until(timeout, poll_interval(), &what, || {
         let owner = lease_owner(server, name);
-        if let Some(owner) = owner.as_deref()
-            && Some(owner) != not
-        {
-            return owner.to_owned();
+        match owner.as_deref() {
+            Some(owner) if Some(owner) != not => Ok(owner.to_owned()),
+            _ => Err(format!("owner {owner:?}")),
         }
-        assert!(started.elapsed() < timeout, "lease {name}: owner {owner:?} after {timeout:?}");
-        thread::sleep(poll_interval());
-    }
+    });
+    owner
 }
 
 // --- tests ---------------------------------------------------------------------------------------------
 
 #[test]
 fn every_acknowledged_event_survives_nats_and_service_node_kills() {
-    let runtime = runtime();
+    let runtime = runtime(2);
     let mut cluster = runtime.block_on(NatsCluster::start());
     let (receiver, hook_url) = Receiver::start(&runtime);
-    let options = service_options(&cluster, &[0, 1, 2], &[]);
-    let mut a = Server::start_with(options.clone());
+    let node = service_node(&cluster, &[0, 1, 2]);
+    let mut a = node.start();
     a.create_topic(TOPIC, PARTITIONS);
     // Before the second node starts, so that it loads the subscription as well.
     subscribe(&a, &hook_url);
-    let b = Server::start_with(options);
+    let b = node.start();
     let endpoints = vec![endpoint(&a), endpoint(&b)];
 
     let sse = Arc::new(SseLog::default());
@@ -769,11 +731,11 @@ fn a_consumer_on_the_surviving_site_reads_everything_when_the_other_site_is_down
     // West = NATS node 0 + service node A, East = NATS node 1 + service node B; NATS node 2 is the witness at
     // a third location. Each service node lists its own site's NATS node first.
     let (west_nats, east_nats, witness) = (0, 1, 2);
-    let runtime = runtime();
+    let runtime = runtime(2);
     let mut cluster = runtime.block_on(NatsCluster::start());
-    let mut west = Server::start_with(service_options(&cluster, &[west_nats, witness, east_nats], &[]));
+    let mut west = service_node(&cluster, &[west_nats, witness, east_nats]).start();
     west.create_topic(TOPIC, PARTITIONS);
-    let east = Server::start_with(service_options(&cluster, &[east_nats, witness, west_nats], &[]));
+    let east = service_node(&cluster, &[east_nats, witness, west_nats]).start();
     let endpoints = vec![endpoint(&west), endpoint(&east)];
 
     // One consumer at each site; West's moves to East when its site goes down.
@@ -819,21 +781,17 @@ fn webhook_delivery_moves_to_the_surviving_node_within_the_lease_time() {
     const MARGIN: Duration = Duration::from_secs(5);
     // A delivery the killed owner had already sent may still be read by the receiver just after the kill.
     const IN_FLIGHT: Duration = Duration::from_millis(200);
-    let lease_env = |id: &'static str| {
-        [
-            ("ESGF_EVENTS_NODE_ID", id),
-            ("ESGF_EVENTS_CLUSTER_LEASE_TTL", "3s"),
-            ("ESGF_EVENTS_CLUSTER_LEASE_RENEW", "1s"),
-        ]
-    };
     let ids = ["node-a", "node-b"];
 
-    let runtime = runtime();
+    let runtime = runtime(2);
     let cluster = runtime.block_on(NatsCluster::start());
     let (receiver, hook_url) = Receiver::start(&runtime);
     let mut servers: Vec<Server> = ids
         .iter()
-        .map(|id| Server::start_with(service_options(&cluster, &[0, 1, 2], &lease_env(id))))
+        .map(|id| {
+            let node = service_node(&cluster, &[0, 1, 2]).env("ESGF_EVENTS_NODE_ID", id);
+            node.lease_timing("3s", "1s").start()
+        })
         .collect();
     servers[0].create_topic(TOPIC, PARTITIONS);
     // Through the second node, after both started: the owner finds it by rescanning the shared state.
@@ -847,17 +805,12 @@ fn webhook_delivery_moves_to_the_surviving_node_within_the_lease_time() {
     let survivor = 1 - victim;
     servers[victim].kill9();
     let killed = Instant::now();
-    let deadline = killed + TTL + MARGIN + PROGRESS_TIMEOUT;
-    let resumed = loop {
-        if let Some(at) = receiver.first_after(killed + IN_FLIGHT) {
-            break at;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "webhook deliveries did not resume after the owner {owner} was killed"
-        );
-        thread::sleep(Duration::from_millis(10));
-    };
+    let (resumed, _) = poll_until(
+        TTL + MARGIN + PROGRESS_TIMEOUT,
+        Duration::from_millis(10),
+        "webhook deliveries resuming",
+        || receiver.first_after(killed + IN_FLIGHT).ok_or(format!("the owner {owner} was killed")),
+    );
     let takeover = resumed - killed;
     eprintln!(
         "webhook lease takeover: deliveries resumed {takeover:?} after the owner ({owner}) was SIGKILLed \

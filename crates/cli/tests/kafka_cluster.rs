@@ -21,8 +21,9 @@ use std::sync::{Arc, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{Options, Server, operator_token};
-use esgf_events_nats::testing::{NatsCluster, TEST_TOKEN};
+use common::nats::{ServiceNode, start_cluster};
+use common::{Server, operator_token, poll_until};
+use esgf_events_nats::testing::NatsCluster;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -39,48 +40,21 @@ const AFTER: i64 = 5;
 const WAIT: Duration = Duration::from_secs(90);
 const POLL: Duration = Duration::from_millis(50);
 
-/// The bound Kafka address, from the server's `listening` log line (`kafka_addr=...`).
-fn kafka_addr(server: &Server) -> String {
-    let log = server.logs();
-    log.lines()
-        .find_map(|line| {
-            let (_, rest) = line.split_once("kafka_addr=")?;
-            Some(rest.split_whitespace().next()?.trim_matches(|c| c == '"' || c == ',').to_owned())
-        })
-        .unwrap_or_else(|| panic!("the server logged no kafka_addr:\n{log}"))
-}
-
-fn node_options(cluster: &NatsCluster, node_id: &str) -> Options {
-    let env = [
-        ("ESGF_EVENTS_NATS_TOKEN", TEST_TOKEN),
-        ("ESGF_EVENTS_CLUSTER_LEASE_TTL", "3s"),
-        ("ESGF_EVENTS_CLUSTER_LEASE_RENEW", "1s"),
-    ];
-    Options {
-        env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
-        args: vec![
-            "--storage".to_owned(),
-            cluster.urls().join(","),
-            "--kafka-addr".to_owned(),
-            "127.0.0.1:0".to_owned(),
-            "--node-id".to_owned(),
-            node_id.to_owned(),
-        ],
-        ..Options::default()
-    }
+/// A service node taking Kafka clients, with short leases (3 s, renewed every 1 s).
+fn start_node(cluster: &NatsCluster, node_id: &str) -> Server {
+    ServiceNode::on(cluster).with_kafka().node_id(node_id).lease_timing("3s", "1s").start()
 }
 
 /// Waits until `server` logs that it acquired the Kafka coordinator lease.
 fn wait_for_coordinator_lease(server: &Server, what: &str) {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    poll_until(WAIT, POLL, what, || {
         let log = server.logs();
         if log.lines().any(|l| l.contains("lease acquired") && l.contains("kafka-coordinator")) {
-            return;
+            Ok(())
+        } else {
+            Err(format!("did not take the kafka-coordinator lease:\n{log}"))
         }
-        assert!(Instant::now() < deadline, "{what} did not take the kafka-coordinator lease:\n{log}");
-        thread::sleep(POLL);
-    }
+    });
 }
 
 fn client_config(bootstrap: &str) -> ClientConfig {
@@ -254,18 +228,13 @@ fn without_refused_redeliveries(received: &[Report]) -> BTreeMap<i32, Vec<i64>> 
 
 #[test]
 fn one_group_spans_two_nodes_and_survives_the_coordinator_node_dying() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let cluster = runtime.block_on(NatsCluster::start());
+    let (_runtime, cluster) = start_cluster();
 
     // The first node takes the coordinator lease before the second starts, so which node dies is known.
-    let mut first = Server::start_with(node_options(&cluster, "kafka-node-a"));
+    let mut first = start_node(&cluster, "kafka-node-a");
     wait_for_coordinator_lease(&first, "the first node");
-    let second = Server::start_with(node_options(&cluster, "kafka-node-b"));
-    let (first_kafka, second_kafka) = (kafka_addr(&first), kafka_addr(&second));
+    let second = start_node(&cluster, "kafka-node-b");
+    let (first_kafka, second_kafka) = (first.kafka_addr(), second.kafka_addr());
     first.create_topic(TOPIC, PARTITIONS as u32);
 
     let (reports, got) = mpsc::channel();
@@ -274,24 +243,18 @@ fn one_group_spans_two_nodes_and_survives_the_coordinator_node_dying() {
 
     // One group, not two: the members split the partitions between them, whichever node they connected to.
     let all: BTreeSet<i32> = (0..PARTITIONS).collect();
-    let deadline = Instant::now() + WAIT;
-    loop {
+    poll_until(WAIT, POLL, "the consumers forming one group splitting the partitions", || {
         let (a, b) = (on_first.assignment(), on_second.assignment());
         if !a.is_empty()
             && !b.is_empty()
             && a.is_disjoint(&b)
             && a.union(&b).copied().collect::<BTreeSet<_>>() == all
         {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{} has {a:?}, {} has {b:?}", on_first.name, on_second.name))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the consumers did not form one group splitting the partitions: {} has {a:?}, {} has {b:?}",
-            on_first.name,
-            on_second.name
-        );
-        thread::sleep(POLL);
-    }
+    });
     let (first_share, second_share) = (on_first.assignment(), on_second.assignment());
 
     produce(&first_kafka, "before", BEFORE);

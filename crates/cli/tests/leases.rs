@@ -5,9 +5,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Server, anonymous_client};
+use common::{Server, anonymous_client, poll_until};
 use serde_json::Value;
 
 /// Far less than the default lease ttl (10 s): a restarted node must not wait for its old leases to expire.
@@ -15,17 +15,13 @@ const PROMPTLY: Duration = Duration::from_secs(5);
 
 /// Polls `GET /v1/cluster` until `done` holds for it.
 fn cluster_until(server: &Server, within: Duration, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
+    let (view, _) = poll_until(within, Duration::from_millis(20), what, || {
         let response = server.get("/v1/cluster");
         assert_eq!(response.status(), 200);
         let view: Value = response.json().expect("cluster view");
-        if done(&view) {
-            return view;
-        }
-        assert!(Instant::now() < deadline, "{what} within {within:?}; last view: {view:#}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        if done(&view) { Ok(view) } else { Err(format!("last view: {view:#}")) }
+    });
+    view
 }
 
 fn lease<'v>(view: &'v Value, name: &str) -> Option<&'v Value> {

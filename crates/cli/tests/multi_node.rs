@@ -8,10 +8,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Options, Server, assert_problem, client_with_token};
-use esgf_events_nats::testing::{NatsCluster, TEST_TOKEN};
+use common::nats::{ServiceNode, start_cluster};
+use common::{Server, assert_problem, client_with_token, poll_until};
+use esgf_events_nats::testing::NatsCluster;
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
 use serde_json::{Value, json};
@@ -32,19 +33,10 @@ struct TwoNodes {
 
 impl TwoNodes {
     fn start() -> TwoNodes {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let cluster = runtime.block_on(NatsCluster::start());
-        let options = Options {
-            env: vec![("ESGF_EVENTS_NATS_TOKEN".to_owned(), TEST_TOKEN.to_owned())],
-            args: vec!["--storage".to_owned(), cluster.urls().join(",")],
-            ..Options::default()
-        };
-        let a = Server::start_with(options.clone());
-        let b = Server::start_with(options);
+        let (runtime, cluster) = start_cluster();
+        let node = ServiceNode::on(&cluster);
+        let a = node.start();
+        let b = node.start();
         TwoNodes { a, b, _cluster: cluster, _runtime: runtime }
     }
 }
@@ -57,21 +49,14 @@ fn poll(
     request: impl Fn() -> Response,
     done: impl Fn(&Response) -> bool,
 ) -> (Response, Duration) {
-    let start = Instant::now();
-    loop {
+    poll_until(limit, PROBE_INTERVAL, what, || {
         let response = request();
         if done(&response) {
-            return (response, start.elapsed());
+            return Ok(response);
         }
-        if start.elapsed() > limit {
-            let status = response.status();
-            panic!(
-                "{what}: not within {limit:?}; last answer HTTP {status}: {}",
-                response.text().unwrap_or_default()
-            );
-        }
-        std::thread::sleep(PROBE_INTERVAL);
-    }
+        let status = response.status();
+        Err(format!("last answer HTTP {status}: {}", response.text().unwrap_or_default()))
+    })
 }
 
 fn post(client: &Client, url: String, body: &Value) -> Response {

@@ -7,8 +7,9 @@
 
 mod common;
 
-use common::{EventOut, Options, Server};
-use esgf_events_nats::testing::{NatsCluster, TEST_TOKEN};
+use common::nats::{ServiceNode, start_cluster};
+use common::{EventOut, Server};
+use esgf_events_nats::testing::TEST_TOKEN;
 
 const TOPIC: &str = "nats.backend";
 const PARTITIONS: u32 = 2;
@@ -23,20 +24,11 @@ fn everything(server: &Server) -> Vec<(u32, u64, Option<String>, String)> {
 
 #[test]
 fn a_second_service_node_on_an_empty_data_dir_reads_everything_the_first_acknowledged() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let cluster = runtime.block_on(NatsCluster::start());
+    let (_runtime, cluster) = start_cluster();
     let urls = cluster.urls().join(",");
-    let options = Options {
-        env: vec![("ESGF_EVENTS_NATS_TOKEN".to_owned(), TEST_TOKEN.to_owned())],
-        args: vec!["--storage".to_owned(), urls.clone()],
-        ..Options::default()
-    };
+    let node = ServiceNode::on(&cluster);
 
-    let mut first = Server::start_with(options.clone());
+    let mut first = node.start();
     let log = first.logs();
     assert!(log.contains(&urls), "the backend is logged at start-up:\n{log}");
     assert!(!log.contains(TEST_TOKEN), "the NATS token reached the log:\n{log}");
@@ -63,7 +55,7 @@ fn a_second_service_node_on_an_empty_data_dir_reads_everything_the_first_acknowl
     let first_dir = first.data_dir().to_owned();
     first.kill9();
 
-    let second = Server::start_with(options);
+    let second = node.start();
     assert_ne!(second.data_dir(), first_dir, "the second node has its own, empty data directory");
     let description = second.describe(TOPIC);
     assert_eq!(description["partitions"], PARTITIONS, "{description}");

@@ -1,12 +1,14 @@
 //! Request plumbing shared by the handlers: bounded body reading, content-type checks, query and path
 //! parameters, each failing with a problem+json [`ApiError`] rather than axum's plain-text rejections.
 
+use std::convert::Infallible;
 use std::future::poll_fn;
 use std::pin::Pin;
 
 use axum::body::{Body, HttpBody};
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use bytes::{Bytes, BytesMut};
 
@@ -50,6 +52,45 @@ pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&bytes).map_err(|err| ApiError::bad_body(what, &err))
 }
 
+/// A request body, read as JSON by [`JsonBody::read`] when the handler asks: the checks a handler makes
+/// before it reads the body (is the feature configured, does the target exist) keep their precedence over
+/// errors in the body.
+pub(crate) struct JsonBody {
+    headers: HeaderMap,
+    body: Body,
+}
+
+impl JsonBody {
+    /// [`json_body`] of this request.
+    pub(crate) async fn read<T: serde::de::DeserializeOwned>(self, limit: usize, what: &str) -> Result<T, ApiError> {
+        json_body(&self.headers, self.body, limit, what).await
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = Infallible;
+
+    async fn from_request(request: Request, _state: &S) -> Result<Self, Infallible> {
+        let (parts, body) = request.into_parts();
+        Ok(JsonBody { headers: parts.headers, body })
+    }
+}
+
+/// An endpoint that takes no query parameters: a request with any is refused before the handler runs, with
+/// the problem [`check_query`] gives when nothing is allowed (and `invalid-query` for an undecodable query).
+/// Handlers use it where that check comes first, so the order of their refusals is unchanged.
+pub(crate) struct NoQuery;
+
+impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let query = Query::<QueryPairs>::from_request_parts(parts, state).await;
+        check_query(&query_pairs(query)?, &[])?;
+        Ok(NoQuery)
+    }
+}
+
 /// Accepts `application/json` and any `+json` type; a missing `Content-Type` is taken as JSON so plain
 /// `curl --data-binary` works, but an explicit non-JSON type (a form, say) is a client mistake worth naming.
 pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -68,6 +109,18 @@ pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
 /// The one path parameter (`{topic}`, `{name}`), or a problem+json 400 if it is not valid percent-encoded UTF-8.
 pub(crate) fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     path.map(|Path(topic)| topic).map_err(|rejection| ApiError::InvalidRequest(rejection.body_text()))
+}
+
+/// The one path parameter, extracted as [`path_param`] reads it (a problem+json 400 if it is not valid
+/// percent-encoded UTF-8).
+pub(crate) struct PathParam(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        path_param(Path::<String>::from_request_parts(parts, state).await).map(PathParam)
+    }
 }
 
 /// Query parameters in order; a problem+json 400 if the query string cannot be decoded.

@@ -5,14 +5,13 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use esgf_events_meta::lease::{Leases, Nodes};
 use serde_json::json;
 
 use crate::SharedState;
-use crate::body::{QueryPairs, check_query, query_pairs};
+use crate::body::NoQuery;
 use crate::error::ApiError;
 
 /// This node's view of the cluster: its lease holder and the node registry.
@@ -35,9 +34,8 @@ fn rfc3339(ms: i64) -> String {
 /// `GET /v1/cluster`.
 pub(crate) async fn show(
     State(state): State<SharedState>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    _: NoQuery,
 ) -> Result<Response, ApiError> {
-    check_query(&query_pairs(query)?, &[])?;
     let cluster = state.cluster.as_ref().ok_or(ApiError::OpsUnavailable("the cluster view"))?;
     let now = chrono::Utc::now().timestamp_millis();
     let nodes: Vec<_> = cluster

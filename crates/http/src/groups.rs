@@ -14,10 +14,9 @@
 use std::collections::BTreeSet;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use esgf_events_auth::{Action, Identity};
 use esgf_events_engine::StoreError;
@@ -25,7 +24,7 @@ use esgf_events_meta::offsets::{GroupOffsets, OffsetCommit};
 use serde::{Deserialize, Serialize};
 
 use crate::access::Caller;
-use crate::body::{QueryPairs, check_query, json_body, path_param, query_pairs};
+use crate::body::{JsonBody, NoQuery, PathParam, QueryPairs, check_query, path_param, query_pairs};
 use crate::error::ApiError;
 use crate::topics::format_timestamp;
 use crate::{AppState, SharedState};
@@ -136,14 +135,11 @@ impl CommitRequest {
 pub(crate) async fn commit(
     State(state): State<SharedState>,
     caller: Option<Extension<Caller>>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
-    headers: HeaderMap,
-    body: Body,
+    PathParam(group): PathParam,
+    _: NoQuery,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let group = path_param(path)?;
-    check_query(&query_pairs(query)?, &[])?;
-    let request: CommitRequest = json_body(&headers, body, MAX_COMMIT_BODY_BYTES, "offset commit").await?;
+    let request: CommitRequest = body.read(MAX_COMMIT_BODY_BYTES, "offset commit").await?;
     let entries = request.entries()?;
     if entries.len() > MAX_COMMIT_ENTRIES {
         return Err(ApiError::InvalidRequest(format!(
@@ -215,11 +211,9 @@ struct GroupPartition {
 pub(crate) async fn describe(
     State(state): State<SharedState>,
     caller: Option<Extension<Caller>>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    PathParam(group): PathParam,
+    _: NoQuery,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let group = path_param(path)?;
-    check_query(&query_pairs(query)?, &[])?;
     let who = identity(&caller);
     let offsets = open_group(&state, who, &group).await?;
 

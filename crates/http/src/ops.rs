@@ -8,7 +8,6 @@
 use std::time::Instant;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Extension, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -25,7 +24,7 @@ use serde_json::json;
 use crate::SharedState;
 use crate::access::Caller;
 use crate::admin::{actor, record};
-use crate::body::{QueryPairs, check_query, json_body, path_param, query_pairs};
+use crate::body::{JsonBody, NoQuery, PathParam, QueryPairs, check_query, path_param, query_pairs};
 use crate::error::ApiError;
 use crate::routes::{Access, RouteSpec};
 
@@ -173,9 +172,8 @@ fn check_message(message: &str) -> Result<(), ApiError> {
 /// `GET /v1/maintenance`: every window not yet over, and which one is active.
 pub(crate) async fn list(
     State(state): State<SharedState>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    _: NoQuery,
 ) -> Result<Response, ApiError> {
-    check_query(&query_pairs(query)?, &[])?;
     let m = maintenance(&state)?;
     let now = m.state().now_ms();
     let windows = m.list();
@@ -189,14 +187,12 @@ pub(crate) async fn list(
 pub(crate) async fn schedule(
     State(state): State<SharedState>,
     caller: Option<Extension<Caller>>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
-    headers: HeaderMap,
-    body: Body,
+    _: NoQuery,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
-    check_query(&query_pairs(query)?, &[])?;
     let m = maintenance(&state)?;
     let request: ScheduleRequest =
-        json_body(&headers, body, MAX_MAINTENANCE_BODY_BYTES, "maintenance window").await?;
+        body.read(MAX_MAINTENANCE_BODY_BYTES, "maintenance window").await?;
     check_message(&request.message)?;
     let window = m
         .schedule(NewWindow {
@@ -222,16 +218,13 @@ pub(crate) async fn schedule(
 pub(crate) async fn update(
     State(state): State<SharedState>,
     caller: Option<Extension<Caller>>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
-    headers: HeaderMap,
-    body: Body,
+    PathParam(id): PathParam,
+    _: NoQuery,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let id = path_param(path)?;
-    check_query(&query_pairs(query)?, &[])?;
     let m = maintenance(&state)?;
     let request: PatchRequest =
-        json_body(&headers, body, MAX_MAINTENANCE_BODY_BYTES, "maintenance change").await?;
+        body.read(MAX_MAINTENANCE_BODY_BYTES, "maintenance change").await?;
     if let Some(message) = &request.message {
         check_message(message)?;
     }
@@ -252,11 +245,9 @@ pub(crate) async fn update(
 pub(crate) async fn cancel(
     State(state): State<SharedState>,
     caller: Option<Extension<Caller>>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    PathParam(id): PathParam,
+    _: NoQuery,
 ) -> Result<Response, ApiError> {
-    let id = path_param(path)?;
-    check_query(&query_pairs(query)?, &[])?;
     let window = maintenance(&state)?.cancel(&id).await?;
     tracing::info!(window = %window.id, "maintenance cancelled");
     audit(&state, &caller, "maintenance.cancel", &window.id).await;
@@ -331,14 +322,12 @@ struct AnnounceRequest {
 pub(crate) async fn announce(
     State(state): State<SharedState>,
     caller: Option<Extension<Caller>>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
-    headers: HeaderMap,
-    body: Body,
+    _: NoQuery,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
-    check_query(&query_pairs(query)?, &[])?;
     let store = announcements(&state)?;
     let request: AnnounceRequest =
-        json_body(&headers, body, MAX_ANNOUNCEMENT_BODY_BYTES, "announcement").await?;
+        body.read(MAX_ANNOUNCEMENT_BODY_BYTES, "announcement").await?;
     let new = NewAnnouncement {
         kind: request.kind,
         title: request.title,
@@ -354,9 +343,8 @@ pub(crate) async fn announce(
 /// `GET /v1/announcements`: newest first.
 pub(crate) async fn list_announcements(
     State(state): State<SharedState>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    _: NoQuery,
 ) -> Result<Response, ApiError> {
-    check_query(&query_pairs(query)?, &[])?;
     let all = announcements(&state)?.list().await?;
     let views: Vec<AnnouncementView<'_>> = all.iter().map(AnnouncementView::of).collect();
     Ok(Json(json!({ "announcements": views })).into_response())
@@ -422,9 +410,8 @@ async fn runtime_changes(state: &SharedState) -> Result<Vec<RuntimeChange>, ApiE
 /// `GET /v1/changelog`: `{"runtime": [...newest first], "releases": [...as in CHANGELOG.md]}`.
 pub(crate) async fn changelog(
     State(state): State<SharedState>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    _: NoQuery,
 ) -> Result<Response, ApiError> {
-    check_query(&query_pairs(query)?, &[])?;
     let runtime = runtime_changes(&state).await?;
     let releases: Vec<_> = esgf_events_ops::changelog::releases()
         .into_iter()
@@ -459,9 +446,8 @@ pub(crate) async fn changelog_feed(
 /// `GET /v1/announcements/deliveries`: every announcement mail and its state (operators).
 pub(crate) async fn deliveries(
     State(state): State<SharedState>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    _: NoQuery,
 ) -> Result<Response, ApiError> {
-    check_query(&query_pairs(query)?, &[])?;
     let mailer = state.ops.mail.as_ref().ok_or(ApiError::OpsUnavailable("announcement mail"))?;
     let deliveries = mailer.deliveries().await.map_err(|e| match e {
         esgf_events_ops::mail::MailError::Meta(e) => ApiError::OpsStorage(e),
@@ -477,9 +463,8 @@ use crate::status::status_view;
 /// flagged) and the topics' sizes.
 pub(crate) async fn status(
     State(state): State<SharedState>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    _: NoQuery,
 ) -> Result<Response, ApiError> {
-    check_query(&query_pairs(query)?, &[])?;
     Ok(Json(status_view(&state).await?).into_response())
 }
 

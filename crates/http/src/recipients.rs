@@ -24,7 +24,7 @@ use serde_json::json;
 use crate::SharedState;
 use crate::access::Caller;
 use crate::admin::{actor, record};
-use crate::body::{QueryPairs, check_query, json_body, path_param, query_pairs, query_value, read_body};
+use crate::body::{JsonBody, NoQuery, PathParam, QueryPairs, check_query, path_param, query_pairs, query_value, read_body};
 use crate::error::ApiError;
 
 /// A member request is an address and a name; anything longer is a mistake.
@@ -68,9 +68,8 @@ struct AddRequest {
 /// unsubscribed.
 pub(crate) async fn list(
     State(state): State<SharedState>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    _: NoQuery,
 ) -> Result<Response, ApiError> {
-    check_query(&query_pairs(query)?, &[])?;
     let entries = list_of(&state)?.entries().await?;
     Ok(Json(json!({ "recipients": entries })).into_response())
 }
@@ -79,13 +78,11 @@ pub(crate) async fn list(
 pub(crate) async fn add(
     State(state): State<SharedState>,
     caller: Option<Extension<Caller>>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
-    headers: HeaderMap,
-    body: Body,
+    _: NoQuery,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
-    check_query(&query_pairs(query)?, &[])?;
     let list = list_of(&state)?;
-    let request: AddRequest = json_body(&headers, body, MAX_MEMBER_BODY_BYTES, "list member").await?;
+    let request: AddRequest = body.read(MAX_MEMBER_BODY_BYTES, "list member").await?;
     let (member, created) = list.add(&request.address, request.name).await?;
     if created {
         audit(&state, &caller, "announcements.recipient.add", &member.address).await;
@@ -98,11 +95,9 @@ pub(crate) async fn add(
 pub(crate) async fn remove(
     State(state): State<SharedState>,
     caller: Option<Extension<Caller>>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    PathParam(address): PathParam,
+    _: NoQuery,
 ) -> Result<Response, ApiError> {
-    let address = path_param(path)?;
-    check_query(&query_pairs(query)?, &[])?;
     let member = list_of(&state)?.remove(&address).await?;
     audit(&state, &caller, "announcements.recipient.remove", &member.address).await;
     Ok(StatusCode::NO_CONTENT.into_response())

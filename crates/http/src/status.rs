@@ -6,10 +6,8 @@
 //! status recorder's last refresh (`esgf_events_ops::status`), topic sizes from the log's offsets.
 
 use axum::Json;
-use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Extension, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::DateTime;
 use esgf_events_ops::incidents::{Incident, IncidentError, Incidents, Recorded};
@@ -21,7 +19,7 @@ use serde_json::json;
 use crate::SharedState;
 use crate::access::Caller;
 use crate::admin::{actor, record};
-use crate::body::{QueryPairs, check_query, json_body, query_pairs};
+use crate::body::{JsonBody, NoQuery};
 use crate::error::ApiError;
 
 /// An incident is a few hundred bytes; the detail is at most 2000 characters.
@@ -116,13 +114,11 @@ fn time_ms(name: &str, value: &str) -> Result<i64, ApiError> {
 pub(crate) async fn record_incident(
     State(state): State<SharedState>,
     caller: Option<Extension<Caller>>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
-    headers: HeaderMap,
-    body: Body,
+    _: NoQuery,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
-    check_query(&query_pairs(query)?, &[])?;
     let store = incidents(&state)?;
-    let request: IncidentRequest = json_body(&headers, body, MAX_INCIDENT_BODY_BYTES, "incident").await?;
+    let request: IncidentRequest = body.read(MAX_INCIDENT_BODY_BYTES, "incident").await?;
     let now = chrono::Utc::now().timestamp_millis();
     let incident = Incident {
         id: request.id,
@@ -146,9 +142,8 @@ pub(crate) async fn record_incident(
 /// `GET /v1/incidents`: every incident, the latest first, with the mean and longest recovery time.
 pub(crate) async fn list_incidents(
     State(state): State<SharedState>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    _: NoQuery,
 ) -> Result<Response, ApiError> {
-    check_query(&query_pairs(query)?, &[])?;
     let all = incidents(&state)?.list().await.map_err(incident_error)?;
     let views: Vec<IncidentView<'_>> = all.iter().map(IncidentView::of).collect();
     let rto = esgf_events_ops::incidents::rto(&all);

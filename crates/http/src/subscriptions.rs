@@ -33,7 +33,7 @@ use serde::Serialize;
 
 use crate::SharedState;
 use crate::access::Caller;
-use crate::body::{QueryPairs, check_query, invalid_param, json_body, path_param, query_pairs, query_value};
+use crate::body::{NoQuery, PathParam, QueryPairs, check_query, invalid_param, json_body, path_param, query_pairs, query_value};
 use crate::error::ApiError;
 
 /// A subscription request is a few short fields.
@@ -165,22 +165,18 @@ pub(crate) async fn list(
 pub(crate) async fn get(
     State(state): State<SharedState>,
     caller: Option<Extension<Caller>>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    PathParam(id): PathParam,
+    _: NoQuery,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    let id = path_param(path)?;
-    check_query(&query_pairs(query)?, &[])?;
     Ok(Json(owned(&state, &caller, &id, "read").await?))
 }
 
 pub(crate) async fn delete(
     State(state): State<SharedState>,
     caller: Option<Extension<Caller>>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    PathParam(id): PathParam,
+    _: NoQuery,
 ) -> Result<StatusCode, ApiError> {
-    let id = path_param(path)?;
-    check_query(&query_pairs(query)?, &[])?;
     owned(&state, &caller, &id, "delete").await?;
     control(&state)?.delete(&id).await?;
     let actor = principal(&state, &caller)?;
@@ -194,11 +190,9 @@ pub(crate) async fn delete(
 pub(crate) async fn pause(
     State(state): State<SharedState>,
     caller: Option<Extension<Caller>>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    PathParam(id): PathParam,
+    _: NoQuery,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    let id = path_param(path)?;
-    check_query(&query_pairs(query)?, &[])?;
     owned(&state, &caller, &id, "pause").await?;
     Ok(Json(control(&state)?.pause(&id).await?))
 }
@@ -206,11 +200,9 @@ pub(crate) async fn pause(
 pub(crate) async fn resume(
     State(state): State<SharedState>,
     caller: Option<Extension<Caller>>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    PathParam(id): PathParam,
+    _: NoQuery,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    let id = path_param(path)?;
-    check_query(&query_pairs(query)?, &[])?;
     owned(&state, &caller, &id, "resume").await?;
     Ok(Json(control(&state)?.resume(&id).await?))
 }
@@ -252,11 +244,9 @@ pub(crate) async fn dead_letters(
 pub(crate) async fn redrive(
     State(state): State<SharedState>,
     caller: Option<Extension<Caller>>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    PathParam(id): PathParam,
+    _: NoQuery,
 ) -> Result<Response, ApiError> {
-    let id = path_param(path)?;
-    check_query(&query_pairs(query)?, &[])?;
     owned(&state, &caller, &id, "redrive").await?;
     let queued = control(&state)?.redrive(&id).await?;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "queued": queued }))).into_response())

@@ -16,7 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::access::Caller;
 use crate::admin::{actor, record, require_auth};
-use crate::body::{QueryPairs, check_query, path_param, query_pairs, read_body, require_json};
+use crate::body::{NoQuery, PathParam, QueryPairs, check_query, path_param, query_pairs, read_body, require_json};
 use crate::error::ApiError;
 use crate::{AppState, SharedState};
 
@@ -172,11 +172,10 @@ struct TopicList {
 pub(crate) async fn create(
     State(state): State<SharedState>,
     caller: Option<Extension<Caller>>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    _: NoQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_query(&query_pairs(query)?, &[])?;
     require_json(&headers)?;
     let body = read_body(&headers, body, MAX_TOPIC_BODY_BYTES).await?;
     let (rest, settings) = split_settings(&state, &body)?;
@@ -289,11 +288,9 @@ pub(crate) async fn list_descriptions(
 
 pub(crate) async fn describe(
     State(state): State<SharedState>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    PathParam(topic): PathParam,
+    _: NoQuery,
 ) -> Result<Json<impl Serialize>, ApiError> {
-    let topic = path_param(path)?;
-    check_query(&query_pairs(query)?, &[])?;
     let info = state.store.describe_topic(&topic).await?;
     Ok(Json(describe_info(&state, info).await?))
 }
@@ -303,13 +300,11 @@ pub(crate) async fn describe(
 pub(crate) async fn update(
     State(state): State<SharedState>,
     caller: Option<Extension<Caller>>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    PathParam(topic): PathParam,
+    _: NoQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<impl Serialize>, ApiError> {
-    let topic = path_param(path)?;
-    check_query(&query_pairs(query)?, &[])?;
     require_json(&headers)?;
     let body = read_body(&headers, body, MAX_TOPIC_BODY_BYTES).await?;
     let (rest, settings) = split_settings(&state, &body)?;

@@ -113,7 +113,7 @@ impl StatusRecorder {
         let mut ticks = tokio::time::interval(self.config.tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_minute = i64::MIN;
-        let mut last_prune = i64::MIN;
+        let mut last_prune: Option<i64> = None;
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
@@ -131,8 +131,8 @@ impl StatusRecorder {
             if let Err(err) = self.refresh_lag().await {
                 failure = failure.or(Some(err));
             }
-            if now - last_prune > 3_600_000 {
-                last_prune = now;
+            if last_prune.is_none_or(|last| now.saturating_sub(last) > 3_600_000) {
+                last_prune = Some(now);
                 if let Err(err) = self.availability.prune(now).await {
                     tracing::warn!(error = %err, "pruning availability records failed");
                 }
@@ -229,6 +229,37 @@ mod tests {
 
     /// 2026-01-10T00:00:30Z.
     const NOW: i64 = 20_463 * 86_400_000 + 30_000;
+
+    /// Regression: the first tick computed `now - i64::MIN`, an overflow that panicked the recorder in debug
+    /// builds (and, while the panic hook printed its backtrace, held up every other log line of the process).
+    #[tokio::test]
+    async fn the_recorder_loop_records_the_first_minute_and_stops_cleanly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Arc::new(ManualClock::new(NOW));
+        let store: Arc<dyn LogStore> = Arc::new(
+            EmbeddedStore::open(EmbeddedConfig::new(dir.path().join("log")), clock.clone()).expect("store"),
+        );
+        let meta: Arc<dyn MetaStore> =
+            Arc::new(RedbMetaStore::open(&dir.path().join("m.redb")).expect("meta"));
+        let recorder = Arc::new(StatusRecorder::new(
+            Arc::clone(&store),
+            Arc::clone(&meta),
+            None,
+            clock.clone(),
+            StatusConfig { tick: Duration::from_millis(10) },
+        ));
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(Arc::clone(&recorder).run(stopped));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while recorder.snapshot().availability.since.is_none() {
+            assert!(!task.is_finished(), "the recorder loop ended on its own");
+            assert!(tokio::time::Instant::now() < deadline, "no minute recorded");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.send(true).expect("stop");
+        task.await.expect("the recorder loop ends without a panic");
+        store.shutdown().await.expect("shutdown");
+    }
 
     #[tokio::test]
     async fn a_refresh_records_the_minute_the_rates_and_the_lag() {

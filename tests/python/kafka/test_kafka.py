@@ -34,7 +34,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def kafka_server(tmp_path: Path):
     srv = EsgfServer(tmp_path / "data", new_operator_token(), extra_args=["--kafka-addr", "127.0.0.1:0"]).start()
     try:
-        wait_until(lambda: "kafka_addr" in srv.addresses, what="the Kafka listener")
+        srv.wait_for_address("kafka_addr")
         yield srv
     finally:
         srv.stop()
@@ -191,7 +191,7 @@ def test_a_restarted_consumer_resumes_after_its_commit_even_across_a_server_rest
     consumer.close()
 
     kafka_server.restart()
-    wait_until(lambda: "kafka_addr" in kafka_server.addresses, what="the Kafka listener")
+    kafka_server.wait_for_address("kafka_addr")
     consumer = Consumer(consumer_config(kafka_server, "resumer", password, "resumers"))
     consumer.subscribe(["resume"])
     try:
@@ -400,7 +400,7 @@ def test_every_acknowledged_record_survives_kill_9_under_an_acks_all_producer(tm
     try:
         srv.create_topic("crash")
         for cycle in range(6):
-            wait_until(lambda: "kafka_addr" in srv.addresses, what="the Kafka listener")
+            srv.wait_for_address("kafka_addr")
             producer = Producer(sasl(srv, "operator", srv.token, **{
                 "acks": "all", "linger.ms": 2, "message.timeout.ms": 4000, "retries": 0,
             }))
@@ -460,7 +460,7 @@ def test_sasl_ssl_as_esgf_configures_it(tmp_path: Path):
     srv = EsgfServer(tmp_path / "data", new_operator_token(),
                      extra_args=["--kafka-addr", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key)]).start()
     try:
-        wait_until(lambda: "kafka_addr" in srv.addresses, what="the Kafka listener")
+        srv.wait_for_address("kafka_addr")
         base = f"https://{srv.addresses['http_addr']}"
         with httpx.Client(base_url=base, headers=srv.headers, verify=str(cert), timeout=30.0) as client:
             assert client.post("/v1/topics", json={"name": "secure"}).status_code == 201

@@ -18,6 +18,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -27,7 +28,8 @@ use esgf_events_engine::{
     Clock, EmbeddedConfig, EmbeddedStore, LogStore, Retention, SystemClock, TopicConfig,
 };
 use esgf_events_nats::testing::{self, NatsCluster};
-use esgf_events_nats::{JetStreamStore, NatsConfig};
+use esgf_events_meta::{MetaStore, RedbMetaStore};
+use esgf_events_nats::{JetStreamMeta, JetStreamStore, NatsConfig};
 use futures_util::StreamExt;
 use serde::Serialize;
 
@@ -172,6 +174,10 @@ struct Setup {
     cluster: NatsCluster,
     service_r1: Arc<dyn LogStore>,
     service_r3: Arc<dyn LogStore>,
+    /// The state stores `serve` would use with each backend (for the topic catalogue's event-id dedupe).
+    meta_embedded: Arc<dyn MetaStore>,
+    meta_r1: Arc<dyn MetaStore>,
+    meta_r3: Arc<dyn MetaStore>,
     /// Plain clients (own connections) to the single node and to node 1 of the cluster.
     raw_r1: async_nats::Client,
     raw_r3: async_nats::Client,
@@ -194,6 +200,14 @@ impl Setup {
     /// The service's client of the cluster (or node) that `target` runs on.
     fn service_for(&self, target: Target) -> &Arc<dyn LogStore> {
         if target.replicas() == Some(1) { &self.service_r1 } else { &self.service_r3 }
+    }
+
+    fn meta_for(&self, target: Target) -> &Arc<dyn MetaStore> {
+        match target.replicas() {
+            None => &self.meta_embedded,
+            Some(1) => &self.meta_r1,
+            Some(_) => &self.meta_r3,
+        }
     }
 }
 
@@ -238,10 +252,14 @@ pub async fn run(args: super::BenchArgs) -> anyhow::Result<()> {
         eprintln!("store level: batch {batch} x {concurrency} producers, {ROUNDS} rounds ...");
         rows.extend(measure_store_cell(&setup, &pool, plan, &targets, batch, concurrency).await?);
     }
-    if args.levels.contains(&BackendLevel::Http) {
+    for (level, catalogue) in [(BackendLevel::Http, false), (BackendLevel::HttpCatalogue, true)] {
+        if !args.levels.contains(&level) {
+            continue;
+        }
         for (batch, clients) in HTTP_CELLS {
-            eprintln!("HTTP: batch {batch} x {clients} clients, {ROUNDS} rounds ...");
-            rows.extend(measure_http_cell(&setup, &pool, plan, batch, clients).await?);
+            let with = if catalogue { " with the topic catalogue" } else { "" };
+            eprintln!("HTTP{with}: batch {batch} x {clients} clients, {ROUNDS} rounds ...");
+            rows.extend(measure_http_cell(&setup, &pool, plan, batch, clients, catalogue).await?);
         }
     }
 
@@ -287,22 +305,39 @@ async fn open_setup(
         ..testing::store_config(nats)
     };
     let (config_r1, config_r3) = (service(&single, 1), service(&cluster, 3));
+    // One connection for the log and the state store, as `serve` has it.
     let open = |config: NatsConfig| async move {
         let client = esgf_events_nats::connect(&config).await.context("connecting the backend")?;
-        let store = JetStreamStore::open(client, config, Arc::new(SystemClock))
+        let store = JetStreamStore::open(client.clone(), config.clone(), Arc::new(SystemClock))
             .await
             .context("opening the JetStream backend")?;
-        anyhow::Ok(Arc::new(store) as Arc<dyn LogStore>)
+        let meta = JetStreamMeta::open(client, config).await.context("opening the JetStream state store")?;
+        anyhow::Ok((Arc::new(store) as Arc<dyn LogStore>, Arc::new(meta) as Arc<dyn MetaStore>))
     };
-    let service_r1 = open(config_r1.clone()).await?;
-    let service_r3 = open(config_r3.clone()).await?;
+    let (service_r1, meta_r1) = open(config_r1.clone()).await?;
+    let (service_r3, meta_r3) = open(config_r3.clone()).await?;
+    let state = work.join("state.redb");
+    let meta_embedded: Arc<dyn MetaStore> = Arc::new(
+        RedbMetaStore::open(&state).with_context(|| format!("opening the state store {}", state.display()))?,
+    );
     let raw_r1 = esgf_events_nats::connect(&NatsConfig { connection_name: "raw-bench".into(), ..config_r1 })
         .await
         .context("connecting the raw client")?;
     let raw_r3 = esgf_events_nats::connect(&NatsConfig { connection_name: "raw-bench".into(), ..config_r3 })
         .await
         .context("connecting the raw client")?;
-    Ok(Setup { embedded, _single: single, cluster, service_r1, service_r3, raw_r1, raw_r3 })
+    Ok(Setup {
+        embedded,
+        _single: single,
+        cluster,
+        service_r1,
+        service_r3,
+        meta_embedded,
+        meta_r1,
+        meta_r3,
+        raw_r1,
+        raw_r3,
+    })
 }
 
 /// A topic or stream made for one target and cell, removed afterwards.
@@ -545,8 +580,10 @@ async fn measure_http_cell(
     plan: Plan,
     batch: usize,
     clients: usize,
+    catalogue: bool,
 ) -> anyhow::Result<Vec<Row>> {
-    let cell = format!("http.b{batch}c{clients}");
+    let level = if catalogue { "http-c" } else { "http" };
+    let cell = format!("{level}.b{batch}c{clients}");
     let http_targets = [Target::Embedded, Target::ServiceR1, Target::ServiceR3];
     let raw_targets = [Target::RawR1, Target::RawR3];
     let mut servers = Vec::new();
@@ -554,7 +591,16 @@ async fn measure_http_cell(
     for target in http_targets {
         let sink = make_sink(setup, target, &cell).await?;
         let Sink::Topic { store, name } = &sink else { bail!("an HTTP target needs a topic") };
-        let server = InProcessServer::start(Arc::clone(store), None).await?;
+        let catalogue = if catalogue {
+            let meta = Arc::clone(setup.meta_for(target));
+            let opened = esgf_events_catalogue::Catalogue::open(meta, Arc::new(SystemClock), None)
+                .await
+                .context("opening the topic catalogue")?;
+            Some(Arc::new(opened))
+        } else {
+            None
+        };
+        let server = InProcessServer::start_with_catalogue(Arc::clone(store), None, catalogue).await?;
         let url = format!("{}/v1/topics/{name}/events", server.base_url);
         servers.push((server, url));
         sinks.push(sink);
@@ -568,6 +614,9 @@ async fn measure_http_cell(
     } else {
         (0..pool.events.len().div_ceil(batch)).map(|b| pool.json_array(b * batch, batch)).collect()
     });
+    // With the catalogue, every event needs an event id of its own, or all but the first pass over the pool
+    // would be answered as duplicates without being appended.
+    let unique = catalogue.then(|| Arc::new(UniqueIds::new(pool)));
     let budget = Budget {
         max_ops: (plan.events_per_cell / batch as u64).div_ceil(u64::from(ROUNDS)).max(1),
         duration: plan.cell_duration / ROUNDS,
@@ -581,7 +630,12 @@ async fn measure_http_cell(
         }
         for i in order {
             if let Some((server, url)) = servers.get(i) {
-                let run = publish_load(&server.client, url.clone(), &bodies, batch, clients, budget).await?;
+                let run = match &unique {
+                    Some(unique) => {
+                        unique_publish_load(&server.client, url.clone(), unique, batch, clients, budget).await?
+                    }
+                    None => publish_load(&server.client, url.clone(), &bodies, batch, clients, budget).await?,
+                };
                 http_runs[i].absorb(run);
             } else {
                 let j = i - servers.len();
@@ -599,13 +653,102 @@ async fn measure_http_cell(
     let mut rows: Vec<Row> = http_targets
         .iter()
         .zip(http_runs)
-        .map(|(&target, run)| Row::new("http", target, batch, clients, run))
+        .map(|(&target, run)| Row::new(level, target, batch, clients, run))
         .collect();
     // The raw rows of an HTTP cell are the denominators of its ratios (measured in the same rounds).
     rows.extend(
-        raw_targets.iter().zip(raw_runs).map(|(&target, run)| Row::new("http", target, batch, clients, run)),
+        raw_targets.iter().zip(raw_runs).map(|(&target, run)| Row::new(level, target, batch, clients, run)),
     );
     Ok(rows)
+}
+
+/// The pool's events with a fresh `metadata.event_id` each time one is used.
+struct UniqueIds {
+    /// Each event split around its event id: (before, after).
+    parts: Vec<(Bytes, Bytes)>,
+    /// Distinguishes this run's ids from any earlier run's.
+    nonce: u32,
+    next: AtomicU64,
+}
+
+impl UniqueIds {
+    fn new(pool: &EventPool) -> Self {
+        const FIELD: &[u8] = b"\"event_id\":\"";
+        let parts = pool
+            .events
+            .iter()
+            .map(|event| {
+                let start = event.windows(FIELD.len()).position(|w| w == FIELD).map(|p| p + FIELD.len());
+                let end = start.and_then(|s| event[s..].iter().position(|&b| b == b'"').map(|e| s + e));
+                match (start, end) {
+                    (Some(s), Some(e)) => (event.slice(..s), event.slice(e..)),
+                    // No id: the catalogue does not dedupe it, and it is used as is.
+                    _ => (event.clone(), Bytes::new()),
+                }
+            })
+            .collect();
+        UniqueIds { parts, nonce: fastrand::u32(..), next: AtomicU64::new(0) }
+    }
+
+    /// A body of `batch` events (a bare object when 1), each with a new id, and its event bytes.
+    fn body(&self, batch: usize) -> (Bytes, u64) {
+        let first = self.next.fetch_add(batch as u64, Ordering::Relaxed);
+        let mut body = Vec::with_capacity(batch * 2200 + 2);
+        if batch > 1 {
+            body.push(b'[');
+        }
+        let mut bytes = 0;
+        for n in first..first + batch as u64 {
+            if n > first {
+                body.push(b',');
+            }
+            let (before, after) = &self.parts[n as usize % self.parts.len()];
+            let start = body.len();
+            body.extend_from_slice(before);
+            if !after.is_empty() {
+                body.extend_from_slice(format!("{:08x}-0000-4000-8000-{n:012x}", self.nonce).as_bytes());
+                body.extend_from_slice(after);
+            }
+            bytes += (body.len() - start) as u64;
+        }
+        if batch > 1 {
+            body.push(b']');
+        }
+        (Bytes::from(body), bytes)
+    }
+}
+
+/// [`publish_load`] with bodies whose events all have ids never published before.
+async fn unique_publish_load(
+    client: &reqwest::Client,
+    url: String,
+    unique: &Arc<UniqueIds>,
+    batch: usize,
+    clients: usize,
+    budget: Budget,
+) -> anyhow::Result<Run> {
+    let (client, unique) = (client.clone(), Arc::clone(unique));
+    drive(clients, budget, move |_| {
+        let (body, bytes) = unique.body(batch);
+        let request =
+            client.post(&url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body).send();
+        async move {
+            let response = request.await?;
+            let status = response.status();
+            let text = response.bytes().await?;
+            ensure!(
+                status == reqwest::StatusCode::CREATED,
+                "publish answered {status}: {}",
+                String::from_utf8_lossy(&text)
+            );
+            ensure!(
+                !text.windows(16).any(|w| w == b"\"duplicate\":true"),
+                "an event was taken for a duplicate: the bench's ids are not unique"
+            );
+            Ok((batch as u64, bytes))
+        }
+    })
+    .await
 }
 
 /// service/raw for R1 and R3, and embedded/service, per cell.
@@ -666,6 +809,11 @@ fn render(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
+        "levels: store = LogStore::append or the raw client; http = POST /v1/topics/{{t}}/events in process; \
+         http-c = the same with the topic catalogue as `serve` has it (event-id dedupe in the state store)"
+    );
+    let _ = writeln!(
+        out,
         "\n{:<6} {:>5} {:>4}  {:<32} {:>9} {:>11} {:>9} {:>9}",
         "level", "batch", "conc", "target", "events", "events/s", "p50 ms", "p99 ms"
     );
@@ -679,7 +827,7 @@ fn render(report: &Report) -> String {
             r.level,
             r.batch,
             r.concurrency,
-            if r.level == "http"
+            if r.level != "store"
                 && matches!(r.target, Target::Embedded | Target::ServiceR1 | Target::ServiceR3)
             {
                 format!("HTTP on {}", r.target.label())

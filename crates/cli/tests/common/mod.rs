@@ -27,6 +27,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tempfile::TempDir;
 
+pub mod nats;
+
 /// The binary under test, built by cargo for the integration tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_esgf-events");
 
@@ -287,6 +289,16 @@ impl Server {
         self.log.lock().map(|lines| lines.join("\n")).unwrap_or_default()
     }
 
+    /// The bound Kafka address (the server was started with `--kafka-addr 127.0.0.1:0`), from the current
+    /// run's `listening` log line (`kafka_addr=...`).
+    pub fn kafka_addr(&self) -> String {
+        let log = self.logs();
+        log.lines()
+            .find_map(|line| logged_field(line, "kafka_addr="))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("the server logged no kafka_addr:\n{log}"))
+    }
+
     /// Kills the server with SIGKILL (no chance to flush anything) and reaps it.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -533,6 +545,24 @@ pub fn http_client() -> Client {
     client_builder(Some(operator_token()), None).build().expect("HTTP client")
 }
 
+/// Calls `probe` every `interval` until it returns `Ok`, for at most `within`; returns the value and how long
+/// it took. Past `within` it panics with `what` and what the last probe said (its `Err`).
+pub fn poll_until<T>(
+    within: Duration,
+    interval: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> (T, Duration) {
+    let start = Instant::now();
+    loop {
+        match probe() {
+            Ok(value) => return (value, start.elapsed()),
+            Err(last) => assert!(start.elapsed() <= within, "{what}: not within {within:?}; {last}"),
+        }
+        thread::sleep(interval);
+    }
+}
+
 fn drain_stderr(
     stderr: impl Read,
     log: &Mutex<Vec<String>>,
@@ -570,9 +600,13 @@ fn drain_stderr(
 
 /// The address in a log line's `http_addr=HOST:PORT` field, if it has one.
 fn logged_addr(line: &str) -> Option<SocketAddr> {
-    let (_, rest) = line.split_once("http_addr=")?;
-    let value = rest.split_whitespace().next()?.trim_matches(|c| c == '"' || c == ',');
-    value.parse().ok()
+    logged_field(line, "http_addr=")?.parse().ok()
+}
+
+/// The value of a log line's field `prefix` (`name=`), without the quotes or comma around it.
+fn logged_field<'l>(line: &'l str, prefix: &str) -> Option<&'l str> {
+    let (_, rest) = line.split_once(prefix)?;
+    Some(rest.split_whitespace().next()?.trim_matches(|c| c == '"' || c == ','))
 }
 
 /// Removes ANSI escape sequences (`ESC [ ... letter`), in case the log is coloured anyway.
