@@ -116,12 +116,21 @@ class EsgfServer:
         finally:
             if self._reader is not None:
                 self._reader.join(5)
+            self.assert_no_panic()
 
     def kill(self) -> None:
         if self.process is not None:
             self.process.kill()
             self.process.wait()
             self.process = None
+        self.assert_no_panic()
+
+    def assert_no_panic(self) -> None:
+        """A panic in any task is a bug even when the server carries on (tokio catches it): fail the test."""
+        panics = [line for line in self.log if "panicked at" in line]
+        if panics:
+            self.log.clear()  # report once
+            pytest.fail("the server panicked:\n" + "\n".join(panics))
 
     def restart(self) -> "EsgfServer":
         status = self.stop()

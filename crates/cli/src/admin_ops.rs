@@ -182,18 +182,7 @@ pub async fn run_maintenance(client: &Client, command: MaintenanceCommand) -> an
     match command {
         MaintenanceCommand::List(flags) => {
             let (_, answer) = client.request_json(Method::GET, &["v1", "maintenance"], None).await?;
-            if flags.json {
-                out.line(&answer.raw)?;
-            } else {
-                let list: WindowList =
-                    serde_json::from_value(answer.value).context("unexpected maintenance list")?;
-                if list.windows.is_empty() {
-                    out.line("no maintenance window scheduled")?;
-                }
-                for line in window_table(&list) {
-                    out.line(line)?;
-                }
-            }
+            print_list(&mut out, answer, flags.json, "maintenance list", "no maintenance window scheduled", window_table)?;
         }
         MaintenanceCommand::Schedule(args) => {
             let body = json!({
@@ -281,33 +270,58 @@ struct WindowView {
     forced: bool,
 }
 
-fn window_table(list: &WindowList) -> Vec<String> {
-    if list.windows.is_empty() {
+/// With `--json`, the server's answer as it is; else `empty` when the list is, or its table.
+fn print_list<T: serde::de::DeserializeOwned>(
+    out: &mut Output<std::io::Stdout>,
+    answer: crate::client::WithRaw<Value>,
+    json: bool,
+    what: &str,
+    empty: &str,
+    table: impl FnOnce(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if json {
+        out.line(&answer.raw)?;
+        return Ok(());
+    }
+    let list: T = serde_json::from_value(answer.value).with_context(|| format!("unexpected {what}"))?;
+    let lines = table(&list);
+    if lines.is_empty() {
+        out.line(empty)?;
+    }
+    for line in lines {
+        out.line(line)?;
+    }
+    Ok(())
+}
+
+/// A header line and a line per item; nothing at all for no items.
+fn items_table<T>(headers: &[&str], items: &[T], row: impl Fn(&T) -> Vec<String>) -> Vec<String> {
+    if items.is_empty() {
         return Vec::new();
     }
-    let rows: Vec<Vec<String>> = list
-        .windows
-        .iter()
-        .map(|w| {
-            let mut flags = Vec::new();
-            if list.active.as_deref() == Some(w.id.as_str()) {
-                flags.push("active");
-            }
-            if w.forced {
-                flags.push("forced");
-            }
-            vec![
-                w.id.clone(),
-                w.mode.clone(),
-                w.starts_at.clone(),
-                w.ends_at.clone(),
-                w.announcement.clone().unwrap_or_else(|| "-".into()),
-                if flags.is_empty() { "-".into() } else { flags.join(",") },
-                w.message.clone(),
-            ]
-        })
-        .collect();
-    table(&["ID", "MODE", "STARTS", "ENDS", "ANNOUNCEMENT", "FLAGS", "MESSAGE"], &rows)
+    let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+    table(headers, &rows)
+}
+
+fn window_table(list: &WindowList) -> Vec<String> {
+    items_table(&["ID", "MODE", "STARTS", "ENDS", "ANNOUNCEMENT", "FLAGS", "MESSAGE"], &list.windows, |w| {
+        let mut flags = Vec::new();
+        if list.active.as_deref() == Some(w.id.as_str()) {
+            flags.push("active");
+        }
+        if w.forced {
+            flags.push("forced");
+        }
+        vec![
+            w.id.clone(),
+            w.mode.clone(),
+            w.starts_at.clone(),
+            w.ends_at.clone(),
+            w.announcement.clone().unwrap_or_else(|| "-".into()),
+            if flags.is_empty() { "-".into() } else { flags.join(",") },
+            w.message.clone(),
+        ]
+    })
 }
 
 pub async fn run_announce(client: &Client, args: AnnounceArgs) -> anyhow::Result<()> {
@@ -364,18 +378,9 @@ pub async fn run_recipients(client: &Client, command: RecipientsCommand) -> anyh
     match command {
         RecipientsCommand::List(flags) => {
             let (_, answer) = client.request_json(Method::GET, &PATH, None).await?;
-            if flags.json {
-                out.line(&answer.raw)?;
-            } else {
-                let list: RecipientList =
-                    serde_json::from_value(answer.value).context("unexpected recipient list")?;
-                if list.recipients.is_empty() {
-                    out.line("the announcement list is empty")?;
-                }
-                for line in recipient_table(&list.recipients) {
-                    out.line(line)?;
-                }
-            }
+            print_list(&mut out, answer, flags.json, "recipient list", "the announcement list is empty", |list: &RecipientList| {
+                recipient_table(&list.recipients)
+            })?;
         }
         RecipientsCommand::Add { address, name, json } => {
             let body = json!({ "address": address, "name": name });
@@ -402,21 +407,14 @@ pub async fn run_recipients(client: &Client, command: RecipientsCommand) -> anyh
 }
 
 fn recipient_table(entries: &[ListEntry]) -> Vec<String> {
-    if entries.is_empty() {
-        return Vec::new();
-    }
-    let rows: Vec<Vec<String>> = entries
-        .iter()
-        .map(|e| {
-            vec![
-                e.address.clone(),
-                e.name.clone().unwrap_or_else(|| "-".into()),
-                e.sources.join(","),
-                if e.unsubscribed { "unsubscribed".into() } else { "subscribed".into() },
-            ]
-        })
-        .collect();
-    table(&["ADDRESS", "NAME", "SOURCES", "STATE"], &rows)
+    items_table(&["ADDRESS", "NAME", "SOURCES", "STATE"], entries, |e| {
+        vec![
+            e.address.clone(),
+            e.name.clone().unwrap_or_else(|| "-".into()),
+            e.sources.join(","),
+            if e.unsubscribed { "unsubscribed".into() } else { "subscribed".into() },
+        ]
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -436,38 +434,23 @@ struct Delivery {
 pub async fn run_deliveries(client: &Client, json: bool) -> anyhow::Result<()> {
     let (_, answer) = client.request_json(Method::GET, &["v1", "announcements", "deliveries"], None).await?;
     let mut out = Output::stdout();
-    if json {
-        out.line(&answer.raw)?;
-    } else {
-        let list: DeliveryList = serde_json::from_value(answer.value).context("unexpected delivery list")?;
-        if list.deliveries.is_empty() {
-            out.line("no announcement mail yet")?;
-        }
-        for line in delivery_table(&list.deliveries) {
-            out.line(line)?;
-        }
-    }
+    print_list(&mut out, answer, json, "delivery list", "no announcement mail yet", |list: &DeliveryList| {
+        delivery_table(&list.deliveries)
+    })?;
     out.flush()?;
     Ok(())
 }
 
 fn delivery_table(deliveries: &[Delivery]) -> Vec<String> {
-    if deliveries.is_empty() {
-        return Vec::new();
-    }
-    let rows: Vec<Vec<String>> = deliveries
-        .iter()
-        .map(|d| {
-            vec![
-                d.announcement.clone(),
-                d.recipient.clone(),
-                d.status.clone(),
-                d.attempts.to_string(),
-                d.last_error.clone().unwrap_or_else(|| "-".into()),
-            ]
-        })
-        .collect();
-    table(&["ANNOUNCEMENT", "RECIPIENT", "STATUS", "ATTEMPTS", "LAST ERROR"], &rows)
+    items_table(&["ANNOUNCEMENT", "RECIPIENT", "STATUS", "ATTEMPTS", "LAST ERROR"], deliveries, |d| {
+        vec![
+            d.announcement.clone(),
+            d.recipient.clone(),
+            d.status.clone(),
+            d.attempts.to_string(),
+            d.last_error.clone().unwrap_or_else(|| "-".into()),
+        ]
+    })
 }
 
 #[cfg(test)]

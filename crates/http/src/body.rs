@@ -62,7 +62,11 @@ pub(crate) struct JsonBody {
 
 impl JsonBody {
     /// [`json_body`] of this request.
-    pub(crate) async fn read<T: serde::de::DeserializeOwned>(self, limit: usize, what: &str) -> Result<T, ApiError> {
+    pub(crate) async fn read<T: serde::de::DeserializeOwned>(
+        self,
+        limit: usize,
+        what: &str,
+    ) -> Result<T, ApiError> {
         json_body(&self.headers, self.body, limit, what).await
     }
 }

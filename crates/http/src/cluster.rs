@@ -32,10 +32,7 @@ fn rfc3339(ms: i64) -> String {
 }
 
 /// `GET /v1/cluster`.
-pub(crate) async fn show(
-    State(state): State<SharedState>,
-    _: NoQuery,
-) -> Result<Response, ApiError> {
+pub(crate) async fn show(State(state): State<SharedState>, _: NoQuery) -> Result<Response, ApiError> {
     let cluster = state.cluster.as_ref().ok_or(ApiError::OpsUnavailable("the cluster view"))?;
     let now = chrono::Utc::now().timestamp_millis();
     let nodes: Vec<_> = cluster

@@ -14,8 +14,7 @@
 use std::collections::BTreeSet;
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use esgf_events_auth::{Action, Identity};
@@ -24,7 +23,7 @@ use esgf_events_meta::offsets::{GroupOffsets, OffsetCommit};
 use serde::{Deserialize, Serialize};
 
 use crate::access::Caller;
-use crate::body::{JsonBody, NoQuery, PathParam, QueryPairs, check_query, path_param, query_pairs};
+use crate::body::{JsonBody, NoQuery, PathParam};
 use crate::error::ApiError;
 use crate::topics::format_timestamp;
 use crate::{AppState, SharedState};

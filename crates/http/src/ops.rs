@@ -8,8 +8,7 @@
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Extension, MatchedPath, Path, Query, Request, State};
+use axum::extract::{Extension, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -24,7 +23,7 @@ use serde_json::json;
 use crate::SharedState;
 use crate::access::Caller;
 use crate::admin::{actor, record};
-use crate::body::{JsonBody, NoQuery, PathParam, QueryPairs, check_query, path_param, query_pairs};
+use crate::body::{JsonBody, NoQuery, PathParam};
 use crate::error::ApiError;
 use crate::routes::{Access, RouteSpec};
 
@@ -170,10 +169,7 @@ fn check_message(message: &str) -> Result<(), ApiError> {
 }
 
 /// `GET /v1/maintenance`: every window not yet over, and which one is active.
-pub(crate) async fn list(
-    State(state): State<SharedState>,
-    _: NoQuery,
-) -> Result<Response, ApiError> {
+pub(crate) async fn list(State(state): State<SharedState>, _: NoQuery) -> Result<Response, ApiError> {
     let m = maintenance(&state)?;
     let now = m.state().now_ms();
     let windows = m.list();
@@ -191,8 +187,7 @@ pub(crate) async fn schedule(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let m = maintenance(&state)?;
-    let request: ScheduleRequest =
-        body.read(MAX_MAINTENANCE_BODY_BYTES, "maintenance window").await?;
+    let request: ScheduleRequest = body.read(MAX_MAINTENANCE_BODY_BYTES, "maintenance window").await?;
     check_message(&request.message)?;
     let window = m
         .schedule(NewWindow {
@@ -223,8 +218,7 @@ pub(crate) async fn update(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let m = maintenance(&state)?;
-    let request: PatchRequest =
-        body.read(MAX_MAINTENANCE_BODY_BYTES, "maintenance change").await?;
+    let request: PatchRequest = body.read(MAX_MAINTENANCE_BODY_BYTES, "maintenance change").await?;
     if let Some(message) = &request.message {
         check_message(message)?;
     }
@@ -326,8 +320,7 @@ pub(crate) async fn announce(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let store = announcements(&state)?;
-    let request: AnnounceRequest =
-        body.read(MAX_ANNOUNCEMENT_BODY_BYTES, "announcement").await?;
+    let request: AnnounceRequest = body.read(MAX_ANNOUNCEMENT_BODY_BYTES, "announcement").await?;
     let new = NewAnnouncement {
         kind: request.kind,
         title: request.title,
@@ -408,10 +401,7 @@ async fn runtime_changes(state: &SharedState) -> Result<Vec<RuntimeChange>, ApiE
 }
 
 /// `GET /v1/changelog`: `{"runtime": [...newest first], "releases": [...as in CHANGELOG.md]}`.
-pub(crate) async fn changelog(
-    State(state): State<SharedState>,
-    _: NoQuery,
-) -> Result<Response, ApiError> {
+pub(crate) async fn changelog(State(state): State<SharedState>, _: NoQuery) -> Result<Response, ApiError> {
     let runtime = runtime_changes(&state).await?;
     let releases: Vec<_> = esgf_events_ops::changelog::releases()
         .into_iter()
@@ -444,10 +434,7 @@ pub(crate) async fn changelog_feed(
 }
 
 /// `GET /v1/announcements/deliveries`: every announcement mail and its state (operators).
-pub(crate) async fn deliveries(
-    State(state): State<SharedState>,
-    _: NoQuery,
-) -> Result<Response, ApiError> {
+pub(crate) async fn deliveries(State(state): State<SharedState>, _: NoQuery) -> Result<Response, ApiError> {
     let mailer = state.ops.mail.as_ref().ok_or(ApiError::OpsUnavailable("announcement mail"))?;
     let deliveries = mailer.deliveries().await.map_err(|e| match e {
         esgf_events_ops::mail::MailError::Meta(e) => ApiError::OpsStorage(e),
@@ -461,10 +448,7 @@ use crate::status::status_view;
 
 /// `GET /v1/status`: the state (operational or maintenance), the active and upcoming windows (forced ones
 /// flagged) and the topics' sizes.
-pub(crate) async fn status(
-    State(state): State<SharedState>,
-    _: NoQuery,
-) -> Result<Response, ApiError> {
+pub(crate) async fn status(State(state): State<SharedState>, _: NoQuery) -> Result<Response, ApiError> {
     Ok(Json(status_view(&state).await?).into_response())
 }
 

@@ -12,8 +12,8 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use esgf_events_ops::maintenance::rfc3339;
@@ -24,7 +24,9 @@ use serde_json::json;
 use crate::SharedState;
 use crate::access::Caller;
 use crate::admin::{actor, record};
-use crate::body::{JsonBody, NoQuery, PathParam, QueryPairs, check_query, path_param, query_pairs, query_value, read_body};
+use crate::body::{
+    JsonBody, NoQuery, PathParam, QueryPairs, check_query, query_pairs, query_value, read_body,
+};
 use crate::error::ApiError;
 
 /// A member request is an address and a name; anything longer is a mistake.
@@ -66,10 +68,7 @@ struct AddRequest {
 
 /// `GET /v1/announcements/recipients`: the effective list, each address with its sources and whether it
 /// unsubscribed.
-pub(crate) async fn list(
-    State(state): State<SharedState>,
-    _: NoQuery,
-) -> Result<Response, ApiError> {
+pub(crate) async fn list(State(state): State<SharedState>, _: NoQuery) -> Result<Response, ApiError> {
     let entries = list_of(&state)?.entries().await?;
     Ok(Json(json!({ "recipients": entries })).into_response())
 }

@@ -33,7 +33,10 @@ use serde::Serialize;
 
 use crate::SharedState;
 use crate::access::Caller;
-use crate::body::{NoQuery, PathParam, QueryPairs, check_query, invalid_param, json_body, path_param, query_pairs, query_value};
+use crate::body::{
+    NoQuery, PathParam, QueryPairs, check_query, invalid_param, json_body, path_param, query_pairs,
+    query_value,
+};
 use crate::error::ApiError;
 
 /// A subscription request is a few short fields.

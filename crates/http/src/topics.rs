@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -16,7 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::access::Caller;
 use crate::admin::{actor, record, require_auth};
-use crate::body::{NoQuery, PathParam, QueryPairs, check_query, path_param, query_pairs, read_body, require_json};
+use crate::body::{NoQuery, PathParam, QueryPairs, check_query, query_pairs, read_body, require_json};
 use crate::error::ApiError;
 use crate::{AppState, SharedState};
 

@@ -116,7 +116,7 @@ pub struct Leases {
     /// The local state of every lease this instance was asked to hold (for operators).
     held: Mutex<HashMap<String, watch::Receiver<bool>>>,
     /// The hold tasks, so shutdown can wait for their releases.
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    tasks: Tasks,
 }
 
 impl std::fmt::Debug for Leases {
@@ -147,7 +147,7 @@ impl Leases {
             node_id: node_id.into(),
             config,
             held: Mutex::new(HashMap::new()),
-            tasks: Mutex::new(Vec::new()),
+            tasks: Tasks::default(),
         })
     }
 
@@ -173,19 +173,14 @@ impl Leases {
         }
         let this = self.clone();
         let name = name.to_owned();
-        let task = tokio::spawn(async move { this.run(name, tx, stop).await });
-        if let Ok(mut tasks) = self.tasks.lock() {
-            tasks.retain(|t| !t.is_finished());
-            tasks.push(task);
-        }
+        self.tasks.push(tokio::spawn(async move { this.run(name, tx, stop).await }));
         rx
     }
 
     /// Waits (at most `within`) until every hold task has ended, i.e. after their `stop` released the leases,
     /// so a stopping node hands its work over before it exits. Returns whether all ended in time.
     pub async fn stopped(&self, within: Duration) -> bool {
-        let tasks = self.tasks.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
-        join_all(tasks, within).await
+        self.tasks.join(within).await
     }
 
     /// Whether this node currently holds `name` (as far as its own `hold` task knows).
@@ -435,7 +430,7 @@ pub struct Nodes {
     meta: Arc<dyn MetaStore>,
     config: LeaseConfig,
     /// The heartbeat tasks, so shutdown can wait for the record's removal.
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    tasks: Tasks,
 }
 
 impl std::fmt::Debug for Nodes {
@@ -446,7 +441,7 @@ impl std::fmt::Debug for Nodes {
 
 impl Nodes {
     pub fn new(meta: Arc<dyn MetaStore>, config: LeaseConfig) -> Arc<Self> {
-        Arc::new(Nodes { meta, config, tasks: Mutex::new(Vec::new()) })
+        Arc::new(Nodes { meta, config, tasks: Tasks::default() })
     }
 
     /// Spawns a heartbeat task writing `info` (seen_ms = now) every `renew_every` until `stop`, then deletes it.
@@ -479,16 +474,12 @@ impl Nodes {
                 tracing::warn!(node = %info.id, error = %e, "could not remove node record on shutdown");
             }
         });
-        if let Ok(mut tasks) = self.tasks.lock() {
-            tasks.retain(|t| !t.is_finished());
-            tasks.push(task);
-        }
+        self.tasks.push(task);
     }
 
     /// Waits (at most `within`) until every heartbeat task has ended after its `stop`, its record removed.
     pub async fn stopped(&self, within: Duration) -> bool {
-        let tasks = self.tasks.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
-        join_all(tasks, within).await
+        self.tasks.join(within).await
     }
 
     /// Nodes seen within `ttl`, ordered by id.
@@ -516,13 +507,29 @@ impl Nodes {
     }
 }
 
-async fn join_all(tasks: Vec<JoinHandle<()>>, within: Duration) -> bool {
-    let all = async {
-        for task in tasks {
-            let _ = task.await;
+/// Background tasks a stopping node waits for (bounded), so their last writes land before it exits.
+#[derive(Default)]
+struct Tasks(Mutex<Vec<JoinHandle<()>>>);
+
+impl Tasks {
+    /// Keeps `task`, dropping the handles of tasks already finished so the list stays bounded.
+    fn push(&self, task: JoinHandle<()>) {
+        if let Ok(mut tasks) = self.0.lock() {
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(task);
         }
-    };
-    tokio::time::timeout(within, all).await.is_ok()
+    }
+
+    /// Waits (at most `within`) until every task kept so far has ended; whether all did in time.
+    async fn join(&self, within: Duration) -> bool {
+        let tasks = self.0.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
+        let all = async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        };
+        tokio::time::timeout(within, all).await.is_ok()
+    }
 }
 
 #[cfg(test)]

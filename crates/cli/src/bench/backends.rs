@@ -27,8 +27,8 @@ use bytes::Bytes;
 use esgf_events_engine::{
     Clock, EmbeddedConfig, EmbeddedStore, LogStore, Retention, SystemClock, TopicConfig,
 };
-use esgf_events_nats::testing::{self, NatsCluster};
 use esgf_events_meta::{MetaStore, RedbMetaStore};
+use esgf_events_nats::testing::{self, NatsCluster};
 use esgf_events_nats::{JetStreamMeta, JetStreamStore, NatsConfig};
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -318,7 +318,8 @@ async fn open_setup(
     let (service_r3, meta_r3) = open(config_r3.clone()).await?;
     let state = work.join("state.redb");
     let meta_embedded: Arc<dyn MetaStore> = Arc::new(
-        RedbMetaStore::open(&state).with_context(|| format!("opening the state store {}", state.display()))?,
+        RedbMetaStore::open(&state)
+            .with_context(|| format!("opening the state store {}", state.display()))?,
     );
     let raw_r1 = esgf_events_nats::connect(&NatsConfig { connection_name: "raw-bench".into(), ..config_r1 })
         .await
@@ -632,9 +633,12 @@ async fn measure_http_cell(
             if let Some((server, url)) = servers.get(i) {
                 let run = match &unique {
                     Some(unique) => {
-                        unique_publish_load(&server.client, url.clone(), unique, batch, clients, budget).await?
+                        unique_publish_load(&server.client, url.clone(), unique, batch, clients, budget)
+                            .await?
                     }
-                    None => publish_load(&server.client, url.clone(), &bodies, batch, clients, budget).await?,
+                    None => {
+                        publish_load(&server.client, url.clone(), &bodies, batch, clients, budget).await?
+                    }
                 };
                 http_runs[i].absorb(run);
             } else {
