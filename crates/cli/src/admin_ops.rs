@@ -182,7 +182,14 @@ pub async fn run_maintenance(client: &Client, command: MaintenanceCommand) -> an
     match command {
         MaintenanceCommand::List(flags) => {
             let (_, answer) = client.request_json(Method::GET, &["v1", "maintenance"], None).await?;
-            print_list(&mut out, answer, flags.json, "maintenance list", "no maintenance window scheduled", window_table)?;
+            print_list(
+                &mut out,
+                answer,
+                flags.json,
+                "maintenance list",
+                "no maintenance window scheduled",
+                window_table,
+            )?;
         }
         MaintenanceCommand::Schedule(args) => {
             let body = json!({
@@ -378,9 +385,14 @@ pub async fn run_recipients(client: &Client, command: RecipientsCommand) -> anyh
     match command {
         RecipientsCommand::List(flags) => {
             let (_, answer) = client.request_json(Method::GET, &PATH, None).await?;
-            print_list(&mut out, answer, flags.json, "recipient list", "the announcement list is empty", |list: &RecipientList| {
-                recipient_table(&list.recipients)
-            })?;
+            print_list(
+                &mut out,
+                answer,
+                flags.json,
+                "recipient list",
+                "the announcement list is empty",
+                |list: &RecipientList| recipient_table(&list.recipients),
+            )?;
         }
         RecipientsCommand::Add { address, name, json } => {
             let body = json!({ "address": address, "name": name });
@@ -434,9 +446,14 @@ struct Delivery {
 pub async fn run_deliveries(client: &Client, json: bool) -> anyhow::Result<()> {
     let (_, answer) = client.request_json(Method::GET, &["v1", "announcements", "deliveries"], None).await?;
     let mut out = Output::stdout();
-    print_list(&mut out, answer, json, "delivery list", "no announcement mail yet", |list: &DeliveryList| {
-        delivery_table(&list.deliveries)
-    })?;
+    print_list(
+        &mut out,
+        answer,
+        json,
+        "delivery list",
+        "no announcement mail yet",
+        |list: &DeliveryList| delivery_table(&list.deliveries),
+    )?;
     out.flush()?;
     Ok(())
 }

@@ -178,38 +178,22 @@ fn operators_announce_schedule_maintenance_and_manage_the_mailing_list_from_the_
         .and_then(|rest| rest.split(':').next())
         .unwrap_or_else(|| panic!("unexpected output: {scheduled}"))
         .to_owned();
-    let refused = fails(
-        &server,
-        &[
-            "maintenance",
-            "schedule",
-            "--starts-at",
-            &in_days(1, 0),
-            "--ends-at",
-            &in_days(1, 1),
-            "--mode",
-            "full",
-            "--message",
-            "emergency",
-        ],
-    );
+    let (soon, soon_end) = (in_days(1, 0), in_days(1, 1));
+    let emergency = [
+        "maintenance",
+        "schedule",
+        "--starts-at",
+        &soon,
+        "--ends-at",
+        &soon_end,
+        "--mode",
+        "full",
+        "--message",
+        "emergency",
+    ];
+    let refused = fails(&server, &emergency);
     assert!(refused.to_lowercase().contains("announce"), "{refused}");
-    let forced = ok(
-        &server,
-        &[
-            "maintenance",
-            "schedule",
-            "--starts-at",
-            &in_days(1, 0),
-            "--ends-at",
-            &in_days(1, 1),
-            "--mode",
-            "full",
-            "--message",
-            "emergency",
-            "--force",
-        ],
-    );
+    let forced = ok(&server, &[&emergency[..], &["--force"]].concat());
     assert!(forced.contains("forced"), "{forced}");
 
     let listed = ok(&server, &["maintenance", "list"]);

@@ -220,3 +220,17 @@ pub(crate) async fn record(auth: &Auth, actor: &Identity, action: &str, target: 
     })
     .await;
 }
+
+/// [`record`]s a successful action of the caller, when access control is on (and so the caller known).
+pub(crate) async fn record_ok(
+    state: &SharedState,
+    caller: &Option<Extension<Caller>>,
+    action: &str,
+    target: &str,
+) {
+    if let Some(auth) = &state.auth
+        && let Ok(identity) = actor(caller)
+    {
+        record(auth, identity, action, target, "ok").await;
+    }
+}

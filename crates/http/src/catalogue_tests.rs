@@ -190,7 +190,7 @@ async fn deprecated_topic_responses_carry_deprecation_sunset_and_links() {
     assert_eq!(api.post("/v1/topics/t/events", post_event("a", None)).await.status, StatusCode::CREATED);
     let kinds: Vec<String> =
         list_changes(api.meta.as_ref(), 0, 100).await.unwrap().into_iter().map(|(_, e)| e.kind).collect();
-    assert_eq!(kinds, ["topic-state"]);
+    assert_eq!(kinds, ["topic-created", "topic-state"]);
 }
 
 #[tokio::test]
@@ -227,7 +227,7 @@ async fn scheduled_transition_applies_when_due_and_retention_changes_are_logged(
     api.patch("/v1/topics/t", json!({"retention": "7d"})).await;
     let kinds: Vec<String> =
         list_changes(api.meta.as_ref(), 0, 100).await.unwrap().into_iter().map(|(_, e)| e.kind).collect();
-    assert_eq!(kinds, ["topic-state-scheduled", "topic-state", "retention"]);
+    assert_eq!(kinds, ["topic-created", "topic-state-scheduled", "topic-state", "retention"]);
 }
 
 #[tokio::test]

@@ -220,6 +220,25 @@ pub struct Server {
     pub cluster: Option<Cluster>,
 }
 
+impl Server {
+    /// A server on `store` with none of the optional parts: no access control (in-process tests and
+    /// benchmarks only), TLS, consumer groups, webhooks, operations, catalogue or cluster view. Add parts with
+    /// `Server { ops, ..Server::new(store, config) }`.
+    pub fn new(store: Arc<dyn LogStore>, config: HttpConfig) -> Server {
+        Server {
+            store,
+            auth: None,
+            config,
+            tls: None,
+            offsets: None,
+            webhooks: None,
+            ops: Default::default(),
+            catalogue: None,
+            cluster: None,
+        }
+    }
+}
+
 /// What every handler shares.
 pub(crate) struct AppState {
     pub(crate) store: Arc<dyn LogStore>,
@@ -290,17 +309,7 @@ pub fn app(server: &Server) -> Router {
 
 /// [`app`] without access control.
 pub fn router(store: Arc<dyn LogStore>, config: HttpConfig) -> Router {
-    app(&Server {
-        store,
-        auth: None,
-        config,
-        tls: None,
-        offsets: None,
-        webhooks: None,
-        ops: Default::default(),
-        catalogue: None,
-        cluster: None,
-    })
+    app(&Server::new(store, config))
 }
 
 fn build_router(state: SharedState) -> Router {

@@ -22,7 +22,7 @@ use serde_json::json;
 
 use crate::SharedState;
 use crate::access::Caller;
-use crate::admin::{actor, record};
+use crate::admin::record_ok;
 use crate::body::{JsonBody, NoQuery, PathParam};
 use crate::error::ApiError;
 use crate::routes::{Access, RouteSpec};
@@ -155,7 +155,7 @@ struct PatchRequest {
     force: bool,
 }
 
-fn time_ms(name: &str, value: &str) -> Result<i64, ApiError> {
+pub(crate) fn time_ms(name: &str, value: &str) -> Result<i64, ApiError> {
     DateTime::parse_from_rfc3339(value)
         .map(|t| t.timestamp_millis())
         .map_err(|err| ApiError::InvalidRequest(format!("{name} must be an RFC 3339 time: {err}")))
@@ -201,7 +201,7 @@ pub(crate) async fn schedule(
         .await?;
     tracing::info!(window = %window.id, forced = window.forced, mode = ?window.mode,
         starts_at = %rfc3339(window.starts_at_ms), ends_at = %rfc3339(window.ends_at_ms), "maintenance scheduled");
-    audit(&state, &caller, "maintenance.schedule", &window.id).await;
+    record_ok(&state, &caller, "maintenance.schedule", &window.id).await;
     let mut response = (StatusCode::CREATED, Json(WindowView::of(&window))).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/maintenance/{}", window.id)) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -231,7 +231,7 @@ pub(crate) async fn update(
         force: request.force,
     };
     let window = m.update(&id, patch).await?;
-    audit(&state, &caller, "maintenance.update", &window.id).await;
+    record_ok(&state, &caller, "maintenance.update", &window.id).await;
     Ok(Json(WindowView::of(&window)).into_response())
 }
 
@@ -244,16 +244,8 @@ pub(crate) async fn cancel(
 ) -> Result<Response, ApiError> {
     let window = maintenance(&state)?.cancel(&id).await?;
     tracing::info!(window = %window.id, "maintenance cancelled");
-    audit(&state, &caller, "maintenance.cancel", &window.id).await;
+    record_ok(&state, &caller, "maintenance.cancel", &window.id).await;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn audit(state: &SharedState, caller: &Option<Extension<Caller>>, action: &str, target: &str) {
-    if let Some(auth) = &state.auth
-        && let Ok(identity) = actor(caller)
-    {
-        record(auth, identity, action, target, "ok").await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -329,7 +321,7 @@ pub(crate) async fn announce(
         topic: request.topic,
     };
     let published = store.publish_mailed(new, request.mailed_by).await?;
-    audit(&state, &caller, "announcement.publish", &published.id).await;
+    record_ok(&state, &caller, "announcement.publish", &published.id).await;
     Ok((StatusCode::CREATED, Json(AnnouncementView::of(&published))).into_response())
 }
 

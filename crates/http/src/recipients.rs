@@ -23,7 +23,7 @@ use serde_json::json;
 
 use crate::SharedState;
 use crate::access::Caller;
-use crate::admin::{actor, record};
+use crate::admin::record_ok;
 use crate::body::{
     JsonBody, NoQuery, PathParam, QueryPairs, check_query, query_pairs, query_value, read_body,
 };
@@ -84,7 +84,7 @@ pub(crate) async fn add(
     let request: AddRequest = body.read(MAX_MEMBER_BODY_BYTES, "list member").await?;
     let (member, created) = list.add(&request.address, request.name).await?;
     if created {
-        audit(&state, &caller, "announcements.recipient.add", &member.address).await;
+        record_ok(&state, &caller, "announcements.recipient.add", &member.address).await;
     }
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(MemberView::of(&member))).into_response())
@@ -98,16 +98,8 @@ pub(crate) async fn remove(
     _: NoQuery,
 ) -> Result<Response, ApiError> {
     let member = list_of(&state)?.remove(&address).await?;
-    audit(&state, &caller, "announcements.recipient.remove", &member.address).await;
+    record_ok(&state, &caller, "announcements.recipient.remove", &member.address).await;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn audit(state: &SharedState, caller: &Option<Extension<Caller>>, action: &str, target: &str) {
-    if let Some(auth) = &state.auth
-        && let Ok(identity) = actor(caller)
-    {
-        record(auth, identity, action, target, "ok").await;
-    }
 }
 
 /// The `address` and `sig` of an unsubscribe link.

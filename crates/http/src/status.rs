@@ -9,7 +9,6 @@ use axum::Json;
 use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chrono::DateTime;
 use esgf_events_ops::incidents::{Incident, IncidentError, Incidents, Recorded};
 use esgf_events_ops::maintenance::rfc3339;
 use esgf_events_ops::pages::{StatusTopic, StatusView};
@@ -18,9 +17,10 @@ use serde_json::json;
 
 use crate::SharedState;
 use crate::access::Caller;
-use crate::admin::{actor, record};
+use crate::admin::record_ok;
 use crate::body::{JsonBody, NoQuery};
 use crate::error::ApiError;
+use crate::ops::time_ms;
 
 /// An incident is a few hundred bytes; the detail is at most 2000 characters.
 const MAX_INCIDENT_BODY_BYTES: usize = 16 << 10;
@@ -104,12 +104,6 @@ struct IncidentRequest {
     detail: String,
 }
 
-fn time_ms(name: &str, value: &str) -> Result<i64, ApiError> {
-    DateTime::parse_from_rfc3339(value)
-        .map(|t| t.timestamp_millis())
-        .map_err(|err| ApiError::InvalidRequest(format!("{name} must be an RFC 3339 time: {err}")))
-}
-
 /// `POST /v1/incidents`: records an outage; 201 when new, 200 when known (updated or unchanged).
 pub(crate) async fn record_incident(
     State(state): State<SharedState>,
@@ -129,11 +123,8 @@ pub(crate) async fn record_incident(
         recorded_ms: now,
     };
     let (outcome, stored) = store.record(incident).await.map_err(incident_error)?;
-    if outcome != Recorded::Unchanged
-        && let Some(auth) = &state.auth
-        && let Ok(identity) = actor(&caller)
-    {
-        record(auth, identity, "incident.record", &stored.id, "ok").await;
+    if outcome != Recorded::Unchanged {
+        record_ok(&state, &caller, "incident.record", &stored.id).await;
     }
     let status = if outcome == Recorded::Created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(IncidentView::of(&stored))).into_response())

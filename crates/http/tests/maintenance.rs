@@ -3,22 +3,20 @@
 //! announcement; reads kept in read-only mode), that nothing acknowledged before a window is lost, and
 //! `/metrics` parsing as Prometheus text.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
-use esgf_events_engine::{
-    EmbeddedConfig, EmbeddedStore, LogStore, ManualClock, Retention, SystemClock, TopicConfig,
-};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use common::{open_stores, send_json};
+use esgf_events_engine::{ManualClock, Retention, TopicConfig};
 use esgf_events_http::{HttpConfig, Server, app};
-use esgf_events_meta::{MetaStore, RedbMetaStore};
 use esgf_events_ops::announcements::Announcements;
 use esgf_events_ops::{Maintenance, MaintenanceState, Ops};
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use tower::ServiceExt;
 
 const DAY_MS: i64 = 86_400_000;
 /// 2025-12-01T00:00:00Z.
@@ -35,16 +33,11 @@ impl Fixture {
     async fn new() -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         // The log stamps records with real time; only maintenance runs on the test's clock.
-        let store: Arc<dyn LogStore> = Arc::new(
-            EmbeddedStore::open(EmbeddedConfig::new(dir.path().join("data")), Arc::new(SystemClock))
-                .expect("open log"),
-        );
+        let (store, meta) = open_stores(dir.path());
         store
             .create_topic("t", TopicConfig { partitions: 1, retention: Retention::DEFAULT })
             .await
             .expect("topic");
-        let meta: Arc<dyn MetaStore> =
-            Arc::new(RedbMetaStore::open(&dir.path().join("state.redb")).expect("open meta"));
         let clock = Arc::new(ManualClock::new(NOW_MS));
         let state = MaintenanceState::new(clock.clone());
         let announcements = Arc::new(Announcements::new(Arc::clone(&meta), clock.clone()));
@@ -61,34 +54,12 @@ impl Fixture {
             mail: None,
             status: None,
         };
-        let server = Server {
-            store,
-            auth: None,
-            config: HttpConfig::default(),
-            tls: None,
-            offsets: None,
-            webhooks: None,
-            ops,
-            catalogue: None,
-            cluster: None,
-        };
+        let server = Server { ops, ..Server::new(store, HttpConfig::default()) };
         Fixture { app: app(&server), _dir: dir, clock }
     }
 
     async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, HeaderMap, String) {
-        let mut request = Request::builder().method(method).uri(uri);
-        let body = match body {
-            Some(v) => {
-                request = request.header(header::CONTENT_TYPE, "application/json");
-                Body::from(v.to_string())
-            }
-            None => Body::empty(),
-        };
-        let response =
-            self.app.clone().oneshot(request.body(body).expect("request")).await.expect("infallible");
-        let (parts, body) = response.into_parts();
-        let bytes = axum::body::to_bytes(body, 1 << 24).await.expect("body");
-        (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+        send_json(&self.app, method, uri, body).await
     }
 
     async fn json(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, HeaderMap, Value) {

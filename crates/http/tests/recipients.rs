@@ -2,21 +2,22 @@
 //! effective list with each address's sources, and the signed one-click unsubscribe of RFC 8058 (a GET only
 //! shows a button, a POST unsubscribes, a forged signature is 403 problem+json, even during maintenance).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
-use esgf_events_engine::{EmbeddedConfig, EmbeddedStore, LogStore, SystemClock};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use common::{open_stores, send, send_json};
+use esgf_events_engine::SystemClock;
 use esgf_events_http::{HttpConfig, Server, app};
-use esgf_events_meta::{MetaStore, RedbMetaStore};
 use esgf_events_ops::announcements::Announcements;
 use esgf_events_ops::mail::{MailConfig, Mailer};
 use esgf_events_ops::{Maintenance, MaintenanceMode, MaintenanceState, NewWindow, Ops};
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use tower::ServiceExt;
 
 struct Fixture {
     _dir: TempDir,
@@ -28,12 +29,7 @@ struct Fixture {
 impl Fixture {
     async fn new(with_mail: bool) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn LogStore> = Arc::new(
-            EmbeddedStore::open(EmbeddedConfig::new(dir.path().join("data")), Arc::new(SystemClock))
-                .expect("open log"),
-        );
-        let meta: Arc<dyn MetaStore> =
-            Arc::new(RedbMetaStore::open(&dir.path().join("state.redb")).expect("open meta"));
+        let (store, meta) = open_stores(dir.path());
         let announcements = Arc::new(Announcements::new(Arc::clone(&meta), Arc::new(SystemClock)));
         let maintenance = Arc::new(
             Maintenance::open(
@@ -65,17 +61,7 @@ impl Fixture {
             mail: with_mail.then(|| Arc::clone(&mailer)),
             ..Ops::default()
         };
-        let server = Server {
-            store,
-            auth: None,
-            config: HttpConfig::default(),
-            tls: None,
-            offsets: None,
-            webhooks: None,
-            ops,
-            catalogue: None,
-            cluster: None,
-        };
+        let server = Server { ops, ..Server::new(store, HttpConfig::default()) };
         Fixture { app: app(&server), _dir: dir, mailer, maintenance }
     }
 
@@ -86,23 +72,11 @@ impl Fixture {
         headers: &[(header::HeaderName, &str)],
         body: Body,
     ) -> (StatusCode, HeaderMap, String) {
-        let mut request = Request::builder().method(method).uri(uri);
-        for (name, value) in headers {
-            request = request.header(name, *value);
-        }
-        let response =
-            self.app.clone().oneshot(request.body(body).expect("request")).await.expect("infallible");
-        let (parts, body) = response.into_parts();
-        let bytes = axum::body::to_bytes(body, 1 << 24).await.expect("body");
-        (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+        send(&self.app, method, uri, headers, body).await
     }
 
     async fn json(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let (headers, body) = match body {
-            Some(v) => (vec![(header::CONTENT_TYPE, "application/json")], Body::from(v.to_string())),
-            None => (Vec::new(), Body::empty()),
-        };
-        let (status, _, text) = self.call(method, uri, &headers, body).await;
+        let (status, _, text) = send_json(&self.app, method, uri, body).await;
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 

@@ -2,20 +2,20 @@
 //! invalid ones are refused as problems, and they show on `/v1/status` (an open one makes the state
 //! `degraded`) with the recovery-time summary; consumer lag and uptime come from the recorder's refresh.
 
+mod common;
+
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
-use esgf_events_engine::{EmbeddedConfig, EmbeddedStore, LogStore, NewRecord, SystemClock, TopicConfig};
+use axum::http::{Method, StatusCode};
+use common::{open_stores, send_json};
+use esgf_events_engine::{LogStore, NewRecord, SystemClock, TopicConfig};
 use esgf_events_http::{HttpConfig, Server, app};
 use esgf_events_meta::offsets::GroupOffsets;
-use esgf_events_meta::{MetaStore, RedbMetaStore};
 use esgf_events_ops::Ops;
 use esgf_events_ops::status::StatusRecorder;
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use tower::ServiceExt;
 
 struct Fixture {
     _dir: TempDir,
@@ -27,13 +27,8 @@ struct Fixture {
 impl Fixture {
     async fn new() -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn LogStore> = Arc::new(
-            EmbeddedStore::open(EmbeddedConfig::new(dir.path().join("data")), Arc::new(SystemClock))
-                .expect("open log"),
-        );
+        let (store, meta) = open_stores(dir.path());
         store.create_topic("t", TopicConfig::default()).await.expect("topic");
-        let meta: Arc<dyn MetaStore> =
-            Arc::new(RedbMetaStore::open(&dir.path().join("state.redb")).expect("open meta"));
         let recorder = Arc::new(StatusRecorder::new(
             Arc::clone(&store),
             Arc::clone(&meta),
@@ -43,33 +38,16 @@ impl Fixture {
         ));
         let ops = Ops { status: Some(Arc::clone(&recorder)), ..Ops::default() };
         let server = Server {
-            store: Arc::clone(&store),
-            auth: None,
-            config: HttpConfig::default(),
-            tls: None,
             offsets: Some(GroupOffsets::new(meta)),
-            webhooks: None,
             ops,
-            catalogue: None,
-            cluster: None,
+            ..Server::new(Arc::clone(&store), HttpConfig::default())
         };
         Fixture { app: app(&server), _dir: dir, recorder, store }
     }
 
     async fn json(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut request = Request::builder().method(method).uri(uri);
-        let body = match body {
-            Some(v) => {
-                request = request.header(header::CONTENT_TYPE, "application/json");
-                Body::from(v.to_string())
-            }
-            None => Body::empty(),
-        };
-        let response =
-            self.app.clone().oneshot(request.body(body).expect("request")).await.expect("infallible");
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 24).await.expect("body");
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        let (status, _, text) = send_json(&self.app, method, uri, body).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 }
 

@@ -15,7 +15,7 @@ use crate::incidents::{Incident, RtoSummary, human_duration, rto};
 use crate::maintenance::{MaintenanceMode, Window, rfc3339};
 use crate::rates::HourRate;
 use crate::status::Snapshot;
-use crate::svg::{Bar, bar_chart};
+use crate::svg::{Bar, bar_chart, escape as xml};
 
 #[derive(Debug, thiserror::Error)]
 #[error("rendering {page}: {detail}")]
@@ -88,6 +88,18 @@ struct AnnouncementView<'a> {
     published: String,
 }
 
+impl<'a> AnnouncementView<'a> {
+    fn of(a: &'a Announcement) -> Self {
+        AnnouncementView {
+            id: &a.id,
+            kind: a.kind.as_str(),
+            title: &a.title,
+            body: &a.body,
+            published: rfc3339(a.published_ms),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct WindowView<'a> {
     mode: &'static str,
@@ -104,16 +116,7 @@ pub fn announcements_html(
     windows: &[Window],
     now_ms: i64,
 ) -> Result<String, RenderError> {
-    let announcements: Vec<AnnouncementView<'_>> = announcements
-        .iter()
-        .map(|a| AnnouncementView {
-            id: &a.id,
-            kind: a.kind.as_str(),
-            title: &a.title,
-            body: &a.body,
-            published: rfc3339(a.published_ms),
-        })
-        .collect();
+    let announcements: Vec<AnnouncementView<'_>> = announcements.iter().map(AnnouncementView::of).collect();
     let maintenance: Vec<WindowView<'_>> = windows
         .iter()
         .filter(|w| w.ends_at_ms > now_ms)
@@ -392,17 +395,7 @@ pub fn home_html(status: &StatusView, announcements: &[Announcement]) -> Result<
         status: &'a StatusView,
         announcements: Vec<AnnouncementView<'a>>,
     }
-    let announcements = announcements
-        .iter()
-        .take(HOME_ANNOUNCEMENTS)
-        .map(|a| AnnouncementView {
-            id: &a.id,
-            kind: a.kind.as_str(),
-            title: &a.title,
-            body: &a.body,
-            published: rfc3339(a.published_ms),
-        })
-        .collect();
+    let announcements = announcements.iter().take(HOME_ANNOUNCEMENTS).map(AnnouncementView::of).collect();
     render("home.html", Page { status, announcements })
 }
 
@@ -415,24 +408,6 @@ pub fn topics_html(topics: &serde_json::Value, include_retired: bool) -> Result<
         include_retired: bool,
     }
     render("topics.html", Page { topics, include_retired })
-}
-
-/// XML text escaping (element content and attribute values).
-fn xml(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // Control characters other than tab and newlines are not allowed in XML 1.0.
-            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {}
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// One Atom entry.
