@@ -10,11 +10,16 @@
 //!
 //! Every state, validation or retention change writes an entry to the service changelog
 //! (`esgf_events_meta::changelog`).
+//!
+//! Event ids are on every publish's path, so they cost as little state-store work as the guarantees allow: a
+//! request's ids are looked up with one [`MetaStore::get_many`], and the id records of concurrent requests are
+//! group-committed (one durable write for all the requests queued while the previous write ran, see
+//! `IdRecorder`) instead of paying one fsync each.
 
 mod settings;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +27,7 @@ use esgf_events_engine::Clock;
 use esgf_events_envelope::{SchemaRegistry, ValidationPolicy, Violation, event_id, validate};
 use esgf_events_meta::changelog::{ChangeEntry, record_change};
 use esgf_events_meta::{MetaError, MetaStore, Write};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 pub use settings::{
     Applied, MAX_DESCRIPTION_CHARS, MAX_SCHEMAS, SETTINGS_MEMBERS, Scheduled, SettingsChange, TopicSettings,
@@ -38,6 +44,12 @@ pub const MAX_EVENT_ID_BYTES: usize = 256;
 pub const MAX_REPORTED_VIOLATIONS: usize = 1000;
 /// The suffix of a topic's companion errors stream.
 pub const ERRORS_SUFFIX: &str = ".errors";
+/// Most id records in one group commit. A request with more is written alone, as one write. At most the
+/// JetStream servers' default atomic-batch size, so combining requests never makes a write the state store
+/// refuses when each request alone would have been accepted.
+pub const MAX_GROUP_WRITES: usize = 1000;
+/// Requests whose id records may wait for the group commit at once; more wait to be queued (backpressure).
+const ID_QUEUE: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogueError {
@@ -155,6 +167,90 @@ pub struct Catalogue {
     cache: RwLock<BTreeMap<String, Arc<TopicEntry>>>,
     /// Serializes read-modify-write of settings (two concurrent PATCHes must not lose one's change).
     writes: tokio::sync::Mutex<()>,
+    ids: IdRecorder,
+}
+
+/// One request's id records and where to send the outcome of the write that made them durable.
+struct IdJob {
+    writes: Vec<Write>,
+    done: oneshot::Sender<Result<(), MetaError>>,
+}
+
+/// The group commit of event-id records: one task takes every request queued while the previous writes ran
+/// and makes them durable with one [`MetaStore::write`] (atomic, so all of a group or none), then answers each
+/// request with that write's outcome. A lone request is written at once (no waiting for company), so the
+/// latency is at most one extra write; under load, N concurrent publishes cost one fsync (redb) or one
+/// replicated batch (NATS) instead of N. Up to [`MetaStore::write_parallelism`] group writes are in flight at
+/// once: one for redb (so the most requests share each fsync); many for NATS, where overlapping round trips
+/// beat atomic batches, so requests are combined only beyond that bound.
+///
+/// The write runs in the task, not in the caller: a caller that goes away (a client hanging up) neither
+/// cancels the write for the others of its group nor leaves it half done. The task holds the store weakly, so
+/// dropping the catalogue releases the store (a redb file can be reopened) and ends the task.
+struct IdRecorder {
+    queue: mpsc::Sender<IdJob>,
+}
+
+impl IdRecorder {
+    fn start(meta: &Arc<dyn MetaStore>) -> Self {
+        let (queue, jobs) = mpsc::channel(ID_QUEUE);
+        let slots = Arc::new(Semaphore::new(meta.write_parallelism().max(1)));
+        tokio::spawn(group_commit(Arc::downgrade(meta), jobs, slots));
+        IdRecorder { queue }
+    }
+
+    /// Returns once `writes` are durable (or failed, with the error of the group's write).
+    async fn record(&self, writes: Vec<Write>) -> Result<(), MetaError> {
+        let (done, outcome) = oneshot::channel();
+        self.queue.send(IdJob { writes, done }).await.map_err(|_| MetaError::Closed)?;
+        outcome.await.map_err(|_| MetaError::Closed)?
+    }
+
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+}
+
+async fn group_commit(meta: Weak<dyn MetaStore>, mut jobs: mpsc::Receiver<IdJob>, slots: Arc<Semaphore>) {
+    // A job that did not fit the previous group: the first of the next one.
+    let mut held: Option<IdJob> = None;
+    loop {
+        // Waiting for a free slot is what lets requests accumulate (in the queue) into the next group.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
+        let first = match held.take() {
+            Some(job) => job,
+            None => match jobs.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let mut writes = first.writes;
+        let mut waiters = vec![first.done];
+        while writes.len() < MAX_GROUP_WRITES {
+            let Ok(job) = jobs.try_recv() else { break };
+            if writes.len() + job.writes.len() > MAX_GROUP_WRITES {
+                held = Some(job);
+                break;
+            }
+            writes.extend(job.writes);
+            waiters.push(job.done);
+        }
+        let meta = meta.clone();
+        tokio::spawn(async move {
+            let (requests, records) = (waiters.len(), writes.len());
+            let outcome = match meta.upgrade() {
+                Some(meta) => meta.write(writes).await,
+                None => Err(MetaError::Closed),
+            };
+            drop(slot);
+            tracing::trace!(requests, records, ok = outcome.is_ok(), "event-id group commit");
+            for waiter in waiters {
+                // A waiter that has gone away needs no answer.
+                let _ = waiter.send(outcome.clone());
+            }
+        });
+    }
 }
 
 impl std::fmt::Debug for Catalogue {
@@ -181,12 +277,13 @@ impl Catalogue {
         let schemas = SchemaRegistry::builtin();
         let cache = load_all(meta.as_ref(), &schemas).await?;
         Ok(Catalogue {
-            meta,
             clock,
             schemas,
             dedupe_window,
             cache: RwLock::new(cache),
             writes: tokio::sync::Mutex::new(()),
+            ids: IdRecorder::start(&meta),
+            meta,
         })
     }
 
@@ -388,7 +485,7 @@ impl Catalogue {
 
     /// Decides, for each event of a request (in order), whether it is new or repeats an event id already
     /// published on `topic` within the window, or one earlier in the same request. All ids are looked up
-    /// before anything is appended.
+    /// before anything is appended, together in one [`MetaStore::get_many`].
     pub async fn find_duplicates<'a>(
         &self,
         topic: &str,
@@ -399,6 +496,8 @@ impl Catalogue {
         let now = self.now_ms();
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         let mut out = Vec::new();
+        // The first event of each distinct id, and its key: the ones looked up.
+        let (mut looked_up, mut keys) = (Vec::new(), Vec::new());
         for (index, event) in events.into_iter().enumerate() {
             let Some(id) = event_id(event).filter(|id| id.len() <= MAX_EVENT_ID_BYTES) else {
                 out.push(Dedupe::New);
@@ -408,22 +507,26 @@ impl Catalogue {
                 out.push(Dedupe::SameAs(first));
                 continue;
             }
-            let recorded = self
-                .meta
-                .get(EVENT_IDS_COLLECTION, &key(topic, &id))
-                .await?
-                .and_then(|b| Recorded::decode(&b));
-            let live = recorded.filter(|r| within(window, r.time_ms, now));
-            out.push(match live {
-                Some(r) => Dedupe::Duplicate(r),
-                None => Dedupe::New,
-            });
+            out.push(Dedupe::New);
+            looked_up.push(index);
+            keys.push(key(topic, &id));
             seen.insert(id, index);
+        }
+        if keys.is_empty() {
+            return Ok(out);
+        }
+        let values = self.meta.get_many(EVENT_IDS_COLLECTION, &keys).await?;
+        for (index, value) in looked_up.into_iter().zip(values) {
+            let recorded = value.and_then(|b| Recorded::decode(&b));
+            if let Some(r) = recorded.filter(|r| within(window, r.time_ms, now)) {
+                out[index] = Dedupe::Duplicate(r);
+            }
         }
         Ok(out)
     }
 
-    /// Remembers where the new events of a request landed (after the append succeeded), in one write.
+    /// Remembers where the new events of a request landed (after the append succeeded), in one write, shared
+    /// with the concurrent requests' records (group commit). Returns once they are durable.
     ///
     /// A crash between the append and this write forgets those ids, so one re-publish of them after the
     /// restart is appended again: the dedupe is best-effort across crashes, exact otherwise.
@@ -445,7 +548,7 @@ impl Catalogue {
             })
             .collect();
         if !writes.is_empty() {
-            self.meta.write(writes).await?;
+            self.ids.record(writes).await?;
         }
         Ok(())
     }
@@ -504,6 +607,234 @@ pub fn errors_topic_name(topic: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use esgf_events_engine::ManualClock;
+
+    /// An in-memory state store that counts the calls the dedupe makes, and can hold writes back (`gate`) or
+    /// fail them, to see what the group commit combines.
+    #[derive(Default)]
+    struct Counting {
+        map: Mutex<BTreeMap<(String, String), Bytes>>,
+        gets: AtomicUsize,
+        get_manys: AtomicUsize,
+        writes_started: AtomicUsize,
+        gate: tokio::sync::Mutex<()>,
+        fail: AtomicBool,
+        /// `write_parallelism`; 0 = the trait's default.
+        parallelism: usize,
+    }
+
+    #[async_trait]
+    impl MetaStore for Counting {
+        fn write_parallelism(&self) -> usize {
+            if self.parallelism == 0 { 1 } else { self.parallelism }
+        }
+        async fn get(&self, collection: &'static str, key: &str) -> Result<Option<Bytes>, MetaError> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            Ok(self.map.lock().unwrap().get(&(collection.to_owned(), key.to_owned())).cloned())
+        }
+        async fn get_many(
+            &self,
+            collection: &'static str,
+            keys: &[String],
+        ) -> Result<Vec<Option<Bytes>>, MetaError> {
+            self.get_manys.fetch_add(1, Ordering::SeqCst);
+            let map = self.map.lock().unwrap();
+            Ok(keys.iter().map(|k| map.get(&(collection.to_owned(), k.clone())).cloned()).collect())
+        }
+        async fn scan(&self, _: &'static str, _: &str) -> Result<Vec<(String, Bytes)>, MetaError> {
+            Ok(Vec::new())
+        }
+        async fn write(&self, writes: Vec<Write>) -> Result<(), MetaError> {
+            self.writes_started.fetch_add(1, Ordering::SeqCst);
+            let _held = self.gate.lock().await;
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(MetaError::Storage { context: "writing", detail: "disk full".into() });
+            }
+            let mut map = self.map.lock().unwrap();
+            for w in writes {
+                match w.value {
+                    Some(v) => map.insert((w.collection.to_owned(), w.key), v),
+                    None => map.remove(&(w.collection.to_owned(), w.key)),
+                };
+            }
+            Ok(())
+        }
+        async fn compare_and_set(
+            &self,
+            _: &'static str,
+            _: &str,
+            _: Option<Bytes>,
+            _: Option<Bytes>,
+        ) -> Result<bool, MetaError> {
+            Ok(false)
+        }
+        async fn append(&self, _: &'static str, _: Bytes) -> Result<u64, MetaError> {
+            Ok(1)
+        }
+        async fn read_log(&self, _: &'static str, _: u64, _: usize) -> Result<Vec<(u64, Bytes)>, MetaError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn event(id: &str) -> String {
+        format!(r#"{{"metadata":{{"event_id":"{id}"}}}}"#)
+    }
+
+    async fn open(store: &Arc<Counting>) -> Arc<Catalogue> {
+        let meta: Arc<dyn MetaStore> = store.clone();
+        Arc::new(Catalogue::open(meta, Arc::new(ManualClock::new(1_000)), None).await.unwrap())
+    }
+
+    /// Polls (yielding to the other tasks) until `ready`; a bound so a broken expectation fails, not hangs.
+    async fn until(mut ready: impl FnMut() -> bool) {
+        for _ in 0..100_000 {
+            if ready() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("condition never became true");
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_found_with_one_lookup_per_request_within_a_batch_and_across_requests() {
+        let store = Arc::new(Counting::default());
+        let catalogue = open(&store).await;
+        let (a, b, c) = (event("a"), event("b"), event("c"));
+        let first = catalogue.find_duplicates("t", [&*a, &*b, &*a, "{}"], None).await.unwrap();
+        assert_eq!(first, [Dedupe::New, Dedupe::New, Dedupe::SameAs(0), Dedupe::New]);
+        catalogue.record_event_ids("t", [(&*a, 0, 7), (&*b, 1, 3)]).await.unwrap();
+
+        let second = catalogue.find_duplicates("t", [&*c, &*b, &*a, &*c, &*b], None).await.unwrap();
+        let at = |partition, offset| Dedupe::Duplicate(Recorded { partition, offset, time_ms: 1_000 });
+        assert_eq!(second, [Dedupe::New, at(1, 3), at(0, 7), Dedupe::SameAs(0), Dedupe::SameAs(1)]);
+        assert_eq!(store.get_manys.load(Ordering::SeqCst), 2, "one lookup per request");
+        assert_eq!(store.gets.load(Ordering::SeqCst), 0, "never one key at a time");
+
+        // A request without event ids looks nothing up.
+        catalogue.find_duplicates("t", ["{}"], None).await.unwrap();
+        assert_eq!(store.get_manys.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_id_records_are_combined_into_one_write_and_all_durable_when_answered() {
+        let store = Arc::new(Counting::default());
+        let catalogue = open(&store).await;
+        let gate = store.gate.lock().await;
+        let record = |n: usize| {
+            let catalogue = Arc::clone(&catalogue);
+            tokio::spawn(async move {
+                catalogue.record_event_ids("t", [(&*event(&format!("e{n}")), 0, n as u64)]).await
+            })
+        };
+        // The first request's write is under way (held at the gate) while the others queue up behind it.
+        let first = record(0);
+        until(|| store.writes_started.load(Ordering::SeqCst) == 1).await;
+        let rest: Vec<_> = (1..8).map(record).collect();
+        until(|| catalogue.ids.queued() == 7).await;
+        assert!(!first.is_finished(), "not answered before its write is done");
+        drop(gate);
+        first.await.unwrap().unwrap();
+        for handle in rest {
+            handle.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            store.writes_started.load(Ordering::SeqCst),
+            2,
+            "the seven queued requests share one write"
+        );
+        let keys: Vec<String> = (0..8).map(|n| key("t", &format!("e{n}"))).collect();
+        let stored = store.get_many(EVENT_IDS_COLLECTION, &keys).await.unwrap();
+        for (n, value) in stored.iter().enumerate() {
+            let recorded = value.as_ref().and_then(|v| Recorded::decode(v));
+            assert_eq!(recorded, Some(Recorded { partition: 0, offset: n as u64, time_ms: 1_000 }), "e{n}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_with_parallel_writes_gets_that_many_groups_in_flight_and_the_rest_combined() {
+        let store = Arc::new(Counting { parallelism: 2, ..Counting::default() });
+        let catalogue = open(&store).await;
+        let gate = store.gate.lock().await;
+        let record = |n: usize| {
+            let catalogue = Arc::clone(&catalogue);
+            tokio::spawn(
+                async move { catalogue.record_event_ids("t", [(&*event(&format!("e{n}")), 0, 0)]).await },
+            )
+        };
+        let first = record(0);
+        until(|| store.writes_started.load(Ordering::SeqCst) == 1).await;
+        let second = record(1);
+        until(|| store.writes_started.load(Ordering::SeqCst) == 2).await;
+        // Both slots taken: these wait, and then share one write.
+        let rest: Vec<_> = (2..6).map(record).collect();
+        until(|| catalogue.ids.queued() == 4).await;
+        drop(gate);
+        for handle in [first, second].into_iter().chain(rest) {
+            handle.await.unwrap().unwrap();
+        }
+        assert_eq!(store.writes_started.load(Ordering::SeqCst), 3);
+        assert_eq!(store.map.lock().unwrap().len(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_failed_group_write_fails_every_request_of_the_group() {
+        let store = Arc::new(Counting::default());
+        let catalogue = open(&store).await;
+        store.fail.store(true, Ordering::SeqCst);
+        let gate = store.gate.lock().await;
+        let record = |n: usize| {
+            let catalogue = Arc::clone(&catalogue);
+            tokio::spawn(
+                async move { catalogue.record_event_ids("t", [(&*event(&format!("e{n}")), 0, 0)]).await },
+            )
+        };
+        let first = record(0);
+        until(|| store.writes_started.load(Ordering::SeqCst) == 1).await;
+        let rest: Vec<_> = (1..4).map(record).collect();
+        until(|| catalogue.ids.queued() == 3).await;
+        drop(gate);
+        assert!(matches!(first.await.unwrap(), Err(CatalogueError::Meta(_))));
+        for handle in rest {
+            assert!(matches!(handle.await.unwrap(), Err(CatalogueError::Meta(MetaError::Storage { .. }))));
+        }
+        assert_eq!(store.writes_started.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_larger_than_a_group_is_written_alone_and_groups_stay_bounded() {
+        let store = Arc::new(Counting::default());
+        let catalogue = open(&store).await;
+        let gate = store.gate.lock().await;
+        let events: Vec<String> = (0..MAX_GROUP_WRITES + 1).map(|n| event(&format!("big{n}"))).collect();
+        let first = {
+            let catalogue = Arc::clone(&catalogue);
+            tokio::spawn(async move { catalogue.record_event_ids("t", [(&*event("x"), 0, 0)]).await })
+        };
+        until(|| store.writes_started.load(Ordering::SeqCst) == 1).await;
+        let big = {
+            let catalogue = Arc::clone(&catalogue);
+            tokio::spawn(async move {
+                catalogue.record_event_ids("t", events.iter().map(|e| (e.as_str(), 0, 0))).await
+            })
+        };
+        let small = {
+            let catalogue = Arc::clone(&catalogue);
+            tokio::spawn(async move { catalogue.record_event_ids("t", [(&*event("y"), 0, 0)]).await })
+        };
+        until(|| catalogue.ids.queued() == 2).await;
+        drop(gate);
+        for handle in [first, big, small] {
+            handle.await.unwrap().unwrap();
+        }
+        // The oversized request alone, then the small one that queued behind it.
+        assert_eq!(store.writes_started.load(Ordering::SeqCst), 3);
+        assert_eq!(store.map.lock().unwrap().len(), MAX_GROUP_WRITES + 3);
+    }
 
     #[test]
     fn recorded_positions_round_trip_and_garbage_does_not_decode() {

@@ -10,7 +10,8 @@ macro_rules! meta_conformance_suite {
     ($fresh:expr) => {
         $crate::meta_conformance_suite!(@cases $fresh;
             put_get_delete_roundtrip, scan_returns_prefix_in_key_order, multi_writes_are_atomic,
-            compare_and_set_only_when_expected, logs_append_with_dense_sequence_numbers);
+            compare_and_set_only_when_expected, logs_append_with_dense_sequence_numbers,
+            get_many_answers_each_key_in_order);
     };
     (@cases $fresh:expr; $($case:ident),*) => {
         $(
@@ -78,4 +79,36 @@ pub async fn logs_append_with_dense_sequence_numbers<S: MetaStore>(s: &S) {
     let page = s.read_log("audit", 2, 2).await.unwrap();
     assert_eq!(page, vec![(3, b("e3")), (4, b("e4"))]);
     assert_eq!(s.read_log("audit", 5, 10).await.unwrap(), vec![]);
+}
+
+pub async fn get_many_answers_each_key_in_order<S: MetaStore>(s: &S) {
+    let keys = |ks: &[&str]| ks.iter().map(|k| (*k).to_owned()).collect::<Vec<String>>();
+    assert!(s.get_many("m", &[]).await.unwrap().is_empty());
+    assert_eq!(s.get_many("never_written", &keys(&["a"])).await.unwrap(), vec![None]);
+    s.write(vec![
+        Write { collection: "m", key: "a".into(), value: Some(b("1")) },
+        Write { collection: "m", key: "c".into(), value: Some(b("3")) },
+        Write { collection: "other", key: "b".into(), value: Some(b("x")) },
+    ])
+    .await
+    .unwrap();
+    s.delete("m", "c").await.unwrap();
+    s.put("m", "d", b("4")).await.unwrap();
+    // Out of key order, repeated, absent, deleted, and present only in another collection.
+    let got = s.get_many("m", &keys(&["d", "a", "b", "a", "c"])).await.unwrap();
+    assert_eq!(got, vec![Some(b("4")), Some(b("1")), None, Some(b("1")), None]);
+    // Many keys at once (more than a backend's concurrency bound), each answered with its own value.
+    let many: Vec<String> = (0..100).map(|i| format!("k{i:03}")).collect();
+    s.write(
+        many.iter()
+            .step_by(2)
+            .map(|k| Write { collection: "m", key: k.clone(), value: Some(b(k)) })
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let got = s.get_many("m", &many).await.unwrap();
+    for (i, (k, v)) in many.iter().zip(&got).enumerate() {
+        assert_eq!(v, &(i % 2 == 0).then(|| b(k)), "{k}");
+    }
 }

@@ -19,7 +19,8 @@ use bytes::Bytes;
 
 pub use redb_store::RedbMetaStore;
 
-#[derive(Debug, thiserror::Error)]
+// Clone: one failed write can be the answer to several callers (the catalogue's group commit of event ids).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum MetaError {
     #[error("state store error while {context}: {detail}")]
     Storage { context: &'static str, detail: String },
@@ -58,6 +59,20 @@ pub const WATCH_CAPACITY: usize = 1024;
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {
     async fn get(&self, collection: &'static str, key: &str) -> Result<Option<Bytes>, MetaError>;
+    /// The values of `keys` (in the same order, `None` for an absent key), read together: one call of the
+    /// publish path's event-id lookup, so a backend can answer a batch with one read (redb: one transaction)
+    /// or overlapping requests (NATS) instead of one round trip per key. The default reads them one by one.
+    async fn get_many(
+        &self,
+        collection: &'static str,
+        keys: &[String],
+    ) -> Result<Vec<Option<Bytes>>, MetaError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.get(collection, key).await?);
+        }
+        Ok(out)
+    }
     /// All entries whose key starts with `prefix`, in key order.
     async fn scan(&self, collection: &'static str, prefix: &str) -> Result<Vec<(String, Bytes)>, MetaError>;
     /// Applies all writes atomically: all of them or none.
@@ -93,6 +108,14 @@ pub trait MetaStore: Send + Sync + 'static {
     fn watch(&self, collections: &[&'static str]) -> Option<tokio::sync::broadcast::Receiver<Change>> {
         let _ = collections;
         None
+    }
+
+    /// How many independent [`MetaStore::write`]s are worth having in flight at once, for a caller that
+    /// combines many small writes (group commit). 1 (the default) where writes are serialized anyway and
+    /// each pays a fsync (redb): one write at a time lets the most wait and share it. More where a write is
+    /// a round trip that overlaps with others (NATS), so waiting for the previous one would only add latency.
+    fn write_parallelism(&self) -> usize {
+        1
     }
 
     async fn put(&self, collection: &'static str, key: &str, value: Bytes) -> Result<(), MetaError> {

@@ -62,6 +62,33 @@ impl MetaStore for RedbMetaStore {
         .await
     }
 
+    async fn get_many(
+        &self,
+        collection: &'static str,
+        keys: &[String],
+    ) -> Result<Vec<Option<Bytes>>, MetaError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = keys.to_vec();
+        // One read transaction on one blocking thread for the whole batch: each `get` would pay both again.
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(|e| err("reading")(e.into()))?;
+            let table = match txn.open_table(kv(collection)) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(vec![None; keys.len()]),
+                Err(e) => return Err(err("reading")(e.into())),
+            };
+            keys.iter()
+                .map(|key| {
+                    let value = table.get(key.as_str()).map_err(|e| err("reading")(e.into()))?;
+                    Ok(value.map(|v| Bytes::copy_from_slice(v.value())))
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn scan(&self, collection: &'static str, prefix: &str) -> Result<Vec<(String, Bytes)>, MetaError> {
         let prefix = prefix.to_owned();
         self.blocking(move |db| {
