@@ -56,6 +56,9 @@
 //! [nats]                           # used when storage.backend lists nats:// URLs
 //! replicas = 3                     # copies of every stream and bucket created from now on
 //! tls_ca_file = "/etc/esgf-events/nats-ca.pem"  # trust these CAs and require TLS [default: plain NATS]
+//! tls_cert_file = "/etc/esgf-events/nats-client.pem"  # client certificate for mutual TLS (with tls_key_file)
+//! tls_key_file = "/etc/esgf-events/nats-client.key"
+//! credentials_file = "/etc/esgf-events/esgf-events.creds"  # NATS user JWT + NKey (operator mode); not with a token
 //! [cluster]                        # several nodes sharing one NATS backend (one node: nothing to set)
 //! node_id = "east-1"               # unique per node (ESGF_EVENTS_NODE_ID) [default: <hostname>-<6 random hex>]
 //! lease_ttl = "10s"                # single-owner work (webhooks, mail, ...) moves this long after its node died
@@ -126,7 +129,7 @@ const BACKEND_ALIAS: &str = "ESGF_EVENTS_STORAGE";
 pub const NATS_TOKEN_ENV: &str = "ESGF_EVENTS_NATS_TOKEN";
 
 /// Every server setting an environment variable can carry, by variable name.
-pub const ENV_VARS: [&str; 43] = [
+pub const ENV_VARS: [&str; 46] = [
     "ESGF_EVENTS_HTTP_ADDR",
     "ESGF_EVENTS_HTTP_MAX_EVENT_BYTES",
     "ESGF_EVENTS_HTTP_MAX_BATCH_EVENTS",
@@ -139,6 +142,9 @@ pub const ENV_VARS: [&str; 43] = [
     BACKEND_ALIAS,
     "ESGF_EVENTS_NATS_REPLICAS",
     "ESGF_EVENTS_NATS_TLS_CA_FILE",
+    "ESGF_EVENTS_NATS_TLS_CERT_FILE",
+    "ESGF_EVENTS_NATS_TLS_KEY_FILE",
+    "ESGF_EVENTS_NATS_CREDENTIALS_FILE",
     NATS_TOKEN_ENV,
     "ESGF_EVENTS_STORAGE_DURABILITY",
     "ESGF_EVENTS_STORAGE_RELAXED_FSYNC_INTERVAL",
@@ -233,13 +239,26 @@ pub struct NatsSettings {
     pub replicas: usize,
     /// PEM CA certificates to trust; setting it makes TLS to the servers mandatory.
     pub tls_ca_file: Option<PathBuf>,
+    /// This node's client certificate and key (PEM), for servers that verify clients (mutual TLS); both or none.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// A NATS credentials file (`.creds`: user JWT and NKey seed, as `nsc` writes it) for servers run in operator
+    /// mode; exclusive with the token.
+    pub credentials_file: Option<PathBuf>,
     /// From [`NATS_TOKEN_ENV`]; `None`: connect without credentials.
     pub token: Option<NatsToken>,
 }
 
 impl Default for NatsSettings {
     fn default() -> Self {
-        NatsSettings { replicas: 3, tls_ca_file: None, token: None }
+        NatsSettings {
+            replicas: 3,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            credentials_file: None,
+            token: None,
+        }
     }
 }
 
@@ -858,6 +877,15 @@ impl ServeConfig {
         if layer.nats.tls_ca_file.is_some() {
             self.nats.tls_ca_file = layer.nats.tls_ca_file;
         }
+        if layer.nats.tls_cert_file.is_some() {
+            self.nats.tls_cert_file = layer.nats.tls_cert_file;
+        }
+        if layer.nats.tls_key_file.is_some() {
+            self.nats.tls_key_file = layer.nats.tls_key_file;
+        }
+        if layer.nats.credentials_file.is_some() {
+            self.nats.credentials_file = layer.nats.credentials_file;
+        }
         if layer.nats_token.is_some() {
             self.nats.token = layer.nats_token;
         }
@@ -904,8 +932,30 @@ impl ServeConfig {
                 ),
             });
         }
-        if self.nats.tls_ca_file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
-            return Err(ConfigError::Invalid { key: "nats.tls_ca_file", reason: "must not be empty".into() });
+        let n = &self.nats;
+        for (key, file) in [
+            ("nats.tls_ca_file", &n.tls_ca_file),
+            ("nats.tls_cert_file", &n.tls_cert_file),
+            ("nats.tls_key_file", &n.tls_key_file),
+            ("nats.credentials_file", &n.credentials_file),
+        ] {
+            if file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+                return Err(ConfigError::Invalid { key, reason: "must not be empty".into() });
+            }
+        }
+        if n.tls_cert_file.is_some() != n.tls_key_file.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "nats.tls_cert_file",
+                reason:
+                    "a client certificate needs its key: set both nats.tls_cert_file and nats.tls_key_file"
+                        .into(),
+            });
+        }
+        if n.credentials_file.is_some() && n.token.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "nats.credentials_file",
+                reason: format!("set either a credentials file or {NATS_TOKEN_ENV}, not both"),
+            });
         }
         if s.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid { key: "storage.data_dir", reason: "must not be empty".into() });
@@ -1058,6 +1108,9 @@ struct ClusterLayer {
 struct NatsLayer {
     replicas: Option<usize>,
     tls_ca_file: Option<PathBuf>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    credentials_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1314,6 +1367,9 @@ fn set_from_env(layer: &mut Layer, name: &'static str, value: &OsStr) -> Result<
         "ESGF_EVENTS_STORAGE_BACKEND" | BACKEND_ALIAS => s.backend = Some(parse_env(name, v)?),
         "ESGF_EVENTS_NATS_REPLICAS" => layer.nats.replicas = Some(parse_env(name, v)?),
         "ESGF_EVENTS_NATS_TLS_CA_FILE" => layer.nats.tls_ca_file = Some(PathBuf::from(value)),
+        "ESGF_EVENTS_NATS_TLS_CERT_FILE" => layer.nats.tls_cert_file = Some(PathBuf::from(value)),
+        "ESGF_EVENTS_NATS_TLS_KEY_FILE" => layer.nats.tls_key_file = Some(PathBuf::from(value)),
+        "ESGF_EVENTS_NATS_CREDENTIALS_FILE" => layer.nats.credentials_file = Some(PathBuf::from(value)),
         "ESGF_EVENTS_STORAGE_DURABILITY" => s.durability = Some(parse_env(name, v)?),
         "ESGF_EVENTS_STORAGE_RELAXED_FSYNC_INTERVAL" => s.relaxed_fsync_interval = Some(parse_env(name, v)?),
         "ESGF_EVENTS_STORAGE_SEGMENT_MAX_BYTES" => s.segment_max_bytes = Some(parse_env(name, v)?),
@@ -1577,6 +1633,9 @@ mod tests {
             ("ESGF_EVENTS_STORAGE", "nats://n1:4222,nats://n2:4222"),
             ("ESGF_EVENTS_NATS_REPLICAS", "1"),
             ("ESGF_EVENTS_NATS_TLS_CA_FILE", "/ca.pem"),
+            ("ESGF_EVENTS_NATS_TLS_CERT_FILE", "/nc.pem"),
+            ("ESGF_EVENTS_NATS_TLS_KEY_FILE", "/nc.key"),
+            ("ESGF_EVENTS_NATS_CREDENTIALS_FILE", "/e.creds"),
             (NATS_TOKEN_ENV, "nats-secret"),
             ("ESGF_EVENTS_STORAGE_DURABILITY", "relaxed"),
             ("ESGF_EVENTS_STORAGE_RELAXED_FSYNC_INTERVAL", "1s"),
@@ -1617,6 +1676,8 @@ mod tests {
             match name {
                 "ESGF_EVENTS_TLS_CERT_FILE" => vars.push(("ESGF_EVENTS_TLS_KEY_FILE", "/k")),
                 "ESGF_EVENTS_TLS_KEY_FILE" => vars.push(("ESGF_EVENTS_TLS_CERT_FILE", "/c")),
+                "ESGF_EVENTS_NATS_TLS_CERT_FILE" => vars.push(("ESGF_EVENTS_NATS_TLS_KEY_FILE", "/k")),
+                "ESGF_EVENTS_NATS_TLS_KEY_FILE" => vars.push(("ESGF_EVENTS_NATS_TLS_CERT_FILE", "/c")),
                 _ => {}
             }
             let c = ServeConfig::resolve(None, env(&vars), &ServeFlags::default()).unwrap();
@@ -1868,7 +1929,7 @@ mod tests {
     fn storage_backend_defaults_to_embedded_and_takes_nats_urls_from_file_env_alias_and_flag() {
         let c = ServeConfig::resolve(None, env(&[]), &ServeFlags::default()).unwrap();
         assert_eq!(c.storage.backend, StorageBackend::Embedded);
-        assert_eq!(c.nats, NatsSettings { replicas: 3, tls_ca_file: None, token: None });
+        assert_eq!(c.nats, NatsSettings::default());
 
         let file = r#"
             version = 1
@@ -1929,6 +1990,38 @@ mod tests {
         let err =
             ServeConfig::resolve(None, env(&[(NATS_TOKEN_ENV, " ")]), &ServeFlags::default()).unwrap_err();
         assert!(err.to_string().contains(NATS_TOKEN_ENV), "{err}");
+    }
+
+    #[test]
+    fn nats_client_certificate_and_credentials_file_come_from_file_or_env_and_are_checked() {
+        let text = "version = 1\n[nats]\ntls_cert_file = \"/c.pem\"\ntls_key_file = \"/c.key\"\n\
+                    credentials_file = \"/e.creds\"\n";
+        let c = from_file(text).unwrap();
+        assert_eq!(c.nats.tls_cert_file.as_deref(), Some(Path::new("/c.pem")));
+        assert_eq!(c.nats.tls_key_file.as_deref(), Some(Path::new("/c.key")));
+        assert_eq!(c.nats.credentials_file.as_deref(), Some(Path::new("/e.creds")));
+        let from_env = ServeConfig::resolve(
+            None,
+            env(&[
+                ("ESGF_EVENTS_NATS_TLS_CERT_FILE", "/x.pem"),
+                ("ESGF_EVENTS_NATS_TLS_KEY_FILE", "/x.key"),
+                ("ESGF_EVENTS_NATS_CREDENTIALS_FILE", "/x.creds"),
+            ]),
+            &ServeFlags::default(),
+        )
+        .unwrap();
+        assert_eq!(from_env.nats.credentials_file.as_deref(), Some(Path::new("/x.creds")));
+        assert_eq!(from_env.nats.tls_key_file.as_deref(), Some(Path::new("/x.key")));
+
+        let err = from_file("version = 1\n[nats]\ntls_cert_file = \"/c.pem\"\n").unwrap_err();
+        assert!(err.to_string().contains("tls_key_file"), "a certificate without its key: {err}");
+        let err = ServeConfig::resolve(
+            Some((Path::new("t.toml"), "version = 1\n[nats]\ncredentials_file = \"/e.creds\"\n")),
+            env(&[(NATS_TOKEN_ENV, "t0ken")]),
+            &ServeFlags::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not both"), "credentials file and token together: {err}");
     }
 
     #[test]

@@ -527,10 +527,15 @@ pub fn nats_config(config: &ServeConfig, servers: &[String]) -> NatsConfig {
     let n = &config.nats;
     NatsConfig {
         servers: servers.to_vec(),
-        auth: n.token.as_ref().map_or(NatsAuth::None, |t| NatsAuth::Token(t.expose().to_owned())),
+        auth: match (&n.credentials_file, &n.token) {
+            (Some(creds), _) => NatsAuth::CredentialsFile(creds.clone()),
+            (None, Some(t)) => NatsAuth::Token(t.expose().to_owned()),
+            (None, None) => NatsAuth::None,
+        },
         tls_ca_file: n.tls_ca_file.clone(),
-        // A CA file means the operator wants TLS: never fall back to plain text.
-        require_tls: n.tls_ca_file.is_some(),
+        tls_client_cert: n.tls_cert_file.clone().zip(n.tls_key_file.clone()),
+        // A CA file or a client certificate means the operator wants TLS: never fall back to plain text.
+        require_tls: n.tls_ca_file.is_some() || n.tls_cert_file.is_some(),
         connection_name: format!("esgf-events {}", env!("CARGO_PKG_VERSION")),
         replicas: n.replicas,
         ..NatsConfig::default()
@@ -862,6 +867,17 @@ mod tests {
         let nats = nats_config(&config, &servers);
         assert!(nats.require_tls, "a CA file makes TLS mandatory");
         assert!(matches!(nats.auth, NatsAuth::None));
+
+        config.nats.tls_ca_file = None;
+        config.nats.credentials_file = Some("/esgf.creds".into());
+        config.nats.tls_cert_file = Some("/client.pem".into());
+        config.nats.tls_key_file = Some("/client.key".into());
+        let nats = nats_config(&config, &servers);
+        assert!(
+            matches!(&nats.auth, NatsAuth::CredentialsFile(p) if p == std::path::Path::new("/esgf.creds"))
+        );
+        assert_eq!(nats.tls_client_cert, Some(("/client.pem".into(), "/client.key".into())));
+        assert!(nats.require_tls, "a client certificate makes TLS mandatory");
     }
 
     #[test]

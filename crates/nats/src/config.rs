@@ -15,6 +15,8 @@ pub struct NatsConfig {
     pub auth: NatsAuth,
     /// PEM file of CA certificates to trust; setting it enables TLS.
     pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for servers that verify clients.
+    pub tls_client_cert: Option<(PathBuf, PathBuf)>,
     /// Refuse to talk to servers without TLS.
     pub require_tls: bool,
     /// Shown in the servers' connection lists (`connz`).
@@ -48,6 +50,7 @@ impl Default for NatsConfig {
             servers: vec!["nats://127.0.0.1:4222".into()],
             auth: NatsAuth::None,
             tls_ca_file: None,
+            tls_client_cert: None,
             require_tls: false,
             connection_name: "esgf-events".into(),
             replicas: 3,
@@ -68,6 +71,8 @@ pub enum NatsAuth {
     #[default]
     None,
     Token(String),
+    /// A NATS credentials file (user JWT and NKey seed) for servers in operator mode.
+    CredentialsFile(PathBuf),
     UserPassword {
         user: String,
         password: String,
@@ -80,6 +85,7 @@ impl fmt::Debug for NatsAuth {
         match self {
             NatsAuth::None => f.write_str("None"),
             NatsAuth::Token(_) => f.write_str("Token(<redacted>)"),
+            NatsAuth::CredentialsFile(path) => write!(f, "CredentialsFile({})", path.display()),
             NatsAuth::UserPassword { user, .. } => {
                 write!(f, "UserPassword {{ user: {user:?}, password: <redacted> }}")
             }
@@ -112,9 +118,18 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, ConnectE
     if let Some(ca) = &config.tls_ca_file {
         options = options.add_root_certificates(ca.clone());
     }
+    if let Some((cert, key)) = &config.tls_client_cert {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
     options = match &config.auth {
         NatsAuth::None => options,
         NatsAuth::Token(token) => options.token(token.clone()),
+        NatsAuth::CredentialsFile(path) => {
+            options.credentials_file(path).await.map_err(|e| ConnectError::Connect {
+                servers: config.servers.clone(),
+                detail: format!("cannot read the credentials file {}: {e}", path.display()),
+            })?
+        }
         NatsAuth::UserPassword { user, password } => {
             options.user_and_password(user.clone(), password.clone())
         }
