@@ -212,12 +212,35 @@ impl Persist {
         Ok(())
     }
 
+    /// Moves cursors forward, never back: each partition's cursor is compare-and-set against the stored value
+    /// and left alone if it is already further. When delivery changes hands (the `webhooks` lease), the old owner
+    /// may still finish one delivery and commit after the new owner has moved on; its late commit must not send
+    /// the cursor back, or everything in between would be delivered a second time after the next takeover.
     pub(crate) async fn commit_cursors(&self, id: &str, cursors: &[(u32, u64)]) -> Result<(), WebhookError> {
-        if cursors.is_empty() {
-            return Ok(());
+        for &(partition, offset) in cursors {
+            let key = cursor_key(id, partition);
+            let new = Bytes::from(offset.to_string());
+            // Bounded: each failed compare-and-set means another writer moved this cursor in between.
+            for _ in 0..8 {
+                let current = self.meta.get(CURSORS, &key).await?;
+                if let Some(stored) = &current {
+                    let (_, _, at) = parse_cursor(&key, stored)?;
+                    if at >= offset {
+                        tracing::debug!(
+                            subscription = id,
+                            partition,
+                            stored = at,
+                            offset,
+                            "cursor already at or past this commit (another node delivered further)"
+                        );
+                        break;
+                    }
+                }
+                if self.meta.compare_and_set(CURSORS, &key, current, Some(new.clone())).await? {
+                    break;
+                }
+            }
         }
-        let writes = cursors.iter().map(|(p, offset)| cursor_write(id, *p, *offset)).collect();
-        self.meta.write(writes).await?;
         Ok(())
     }
 
@@ -279,6 +302,23 @@ mod tests {
         assert_eq!(parse_cursor(&key, b"42").unwrap(), ("sub_ab", 3, 42));
         assert!(parse_cursor("sub_ab", b"42").is_err());
         assert!(parse_cursor(&key, b"x").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_late_commit_from_a_former_owner_never_moves_a_cursor_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta: Arc<dyn MetaStore> =
+            Arc::new(esgf_events_meta::RedbMetaStore::open(&dir.path().join("s.redb")).unwrap());
+        let persist = Persist::new(Arc::clone(&meta));
+        persist.commit_cursors("sub_a", &[(0, 10), (1, 3)]).await.unwrap();
+        // The former owner commits what it delivered before the new owner took over and moved on.
+        persist.commit_cursors("sub_a", &[(0, 7), (1, 5)]).await.unwrap();
+        let all = persist.all_cursors().await.unwrap();
+        assert_eq!(
+            all["sub_a"],
+            vec![Some(10), Some(5)],
+            "partition 0 kept 10; partition 1 moved forward to 5"
+        );
     }
 
     #[test]
