@@ -109,6 +109,9 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, ConnectE
     if config.servers.is_empty() {
         return Err(ConnectError::NoServers);
     }
+    // TLS to the servers builds a rustls config from the process-wide crypto provider; with both ring and
+    // aws-lc-rs linked into one binary rustls cannot pick one itself. Ring, as the rest of the service uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut options = async_nats::ConnectOptions::new()
         .name(&config.connection_name)
         .connection_timeout(config.connect_timeout)
