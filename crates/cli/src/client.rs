@@ -30,9 +30,8 @@ pub const DEFAULT_TOKEN_FILE: &str = "data/operator.token";
 /// memory by a misbehaving server (a read page is a few MiB at most).
 const MAX_RESPONSE_BYTES: usize = 256 << 20;
 
-/// Token files and CA files larger than this are not what they claim to be (a JWT is a few KiB).
+/// Token files larger than this are not what they claim to be (a JWT is a few KiB).
 const MAX_TOKEN_FILE_BYTES: u64 = 64 << 10;
-const MAX_CA_FILE_BYTES: u64 = 4 << 20;
 
 /// Bounds every request but long-polls, whose bound is their `wait` plus this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -137,15 +136,12 @@ fn checked_token(token: String, origin: &str) -> Result<String, ClientError> {
     Ok(token)
 }
 
+/// The same bounded read as the replica's `--ca-cert`, reported as this client's error.
 fn read_ca_file(path: &Path) -> Result<Vec<u8>, ClientError> {
-    let error = |reason: String| ClientError::CaCert { path: path.to_owned(), reason };
-    let file = std::fs::File::open(path).map_err(|e| error(e.to_string()))?;
-    let mut pem = Vec::new();
-    file.take(MAX_CA_FILE_BYTES + 1).read_to_end(&mut pem).map_err(|e| error(e.to_string()))?;
-    if pem.len() as u64 > MAX_CA_FILE_BYTES {
-        return Err(error(format!("is larger than {MAX_CA_FILE_BYTES} bytes")));
-    }
-    Ok(pem)
+    esgf_events_replica::source::read_ca_file(path).map_err(|e| match e {
+        esgf_events_replica::SourceError::CaCert { path, reason } => ClientError::CaCert { path, reason },
+        other => ClientError::CaCert { path: path.to_owned(), reason: other.to_string() },
+    })
 }
 
 /// How a [`Client`] authenticates and whom it trusts.

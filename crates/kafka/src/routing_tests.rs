@@ -12,8 +12,9 @@ use esgf_events_engine::{
     AppendOutcome, LogStore, NewRecord, PartitionOffsets, ReadLimits, ReadResult, Retention, RetentionReport,
     StoreError, TopicConfig, TopicInfo,
 };
+use esgf_events_meta::MetaStore;
 use esgf_events_meta::offsets::GroupOffsets;
-use esgf_events_meta::{MetaError, MetaStore, Write};
+use esgf_events_meta::testing::{MemoryMetaStore, Severable};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
@@ -69,96 +70,12 @@ impl LogStore for NoLog {
     }
 }
 
-/// A state store that is closed: any committed-offset access would show as an error code other than the one
+/// A state store that is cut off: any committed-offset access would show as an error code other than the one
 /// a test expects.
-struct NoMeta;
-
-#[async_trait]
-impl MetaStore for NoMeta {
-    async fn get(&self, _: &'static str, _: &str) -> Result<Option<Bytes>, MetaError> {
-        Err(MetaError::Closed)
-    }
-    async fn scan(&self, _: &'static str, _: &str) -> Result<Vec<(String, Bytes)>, MetaError> {
-        Err(MetaError::Closed)
-    }
-    async fn write(&self, _: Vec<Write>) -> Result<(), MetaError> {
-        Err(MetaError::Closed)
-    }
-    async fn compare_and_set(
-        &self,
-        _: &'static str,
-        _: &str,
-        _: Option<Bytes>,
-        _: Option<Bytes>,
-    ) -> Result<bool, MetaError> {
-        Err(MetaError::Closed)
-    }
-    async fn append(&self, _: &'static str, _: Bytes) -> Result<u64, MetaError> {
-        Err(MetaError::Closed)
-    }
-    async fn read_log(&self, _: &'static str, _: u64, _: usize) -> Result<Vec<(u64, Bytes)>, MetaError> {
-        Err(MetaError::Closed)
-    }
-}
-
-/// A working in-memory state store (collections only), for the tests that commit.
-#[derive(Default)]
-struct MemMeta(std::sync::Mutex<std::collections::BTreeMap<(String, String), Bytes>>);
-
-impl MemMeta {
-    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<(String, String), Bytes>> {
-        self.0.lock().unwrap()
-    }
-}
-
-#[async_trait]
-impl MetaStore for MemMeta {
-    async fn get(&self, collection: &'static str, key: &str) -> Result<Option<Bytes>, MetaError> {
-        Ok(self.map().get(&(collection.to_owned(), key.to_owned())).cloned())
-    }
-    async fn scan(&self, collection: &'static str, prefix: &str) -> Result<Vec<(String, Bytes)>, MetaError> {
-        Ok(self
-            .map()
-            .iter()
-            .filter(|((c, k), _)| c == collection && k.starts_with(prefix))
-            .map(|((_, k), v)| (k.clone(), v.clone()))
-            .collect())
-    }
-    async fn write(&self, writes: Vec<Write>) -> Result<(), MetaError> {
-        let mut map = self.map();
-        for w in writes {
-            let key = (w.collection.to_owned(), w.key);
-            match w.value {
-                Some(v) => map.insert(key, v),
-                None => map.remove(&key),
-            };
-        }
-        Ok(())
-    }
-    async fn compare_and_set(
-        &self,
-        collection: &'static str,
-        key: &str,
-        expected: Option<Bytes>,
-        new: Option<Bytes>,
-    ) -> Result<bool, MetaError> {
-        let mut map = self.map();
-        let key = (collection.to_owned(), key.to_owned());
-        if map.get(&key) != expected.as_ref() {
-            return Ok(false);
-        }
-        match new {
-            Some(v) => map.insert(key, v),
-            None => map.remove(&key),
-        };
-        Ok(true)
-    }
-    async fn append(&self, _: &'static str, _: Bytes) -> Result<u64, MetaError> {
-        Err(MetaError::Closed)
-    }
-    async fn read_log(&self, _: &'static str, _: u64, _: usize) -> Result<Vec<(u64, Bytes)>, MetaError> {
-        Err(MetaError::Closed)
-    }
+fn no_meta() -> Arc<dyn MetaStore> {
+    let store = Severable::new(MemoryMetaStore::default());
+    store.sever(true);
+    Arc::new(store)
 }
 
 /// Two nodes, "this" (id 7) and "other" (id 8); the test says who coordinates.
@@ -197,7 +114,7 @@ impl Cluster for TwoNodes {
 }
 
 fn broker(coordinating: bool, other_coordinates: bool) -> (Arc<Broker>, Arc<TwoNodes>) {
-    broker_on(coordinating, other_coordinates, Arc::new(NoMeta))
+    broker_on(coordinating, other_coordinates, no_meta())
 }
 
 fn broker_on(
@@ -482,7 +399,7 @@ async fn commit_code(broker: &Broker, member: &str, generation: i32, offset: i64
 
 #[tokio::test]
 async fn a_member_of_the_previous_coordinators_generation_commits_until_the_group_forms_here() {
-    let meta = Arc::new(MemMeta::default());
+    let meta = Arc::new(MemoryMetaStore::default());
     let (broker, _) = broker_on(true, false, Arc::clone(&meta) as Arc<dyn MetaStore>);
     // The group is unknown here (this node just took over): the old member's last commit counts.
     assert_eq!(commit_code(&broker, "old-member", 12, 7).await, 0);

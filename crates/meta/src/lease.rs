@@ -534,83 +534,11 @@ impl Tasks {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use async_trait::async_trait;
-
     use super::*;
-    use crate::Write;
+    use crate::testing::{MemoryMetaStore, Severable};
 
     /// An in-memory store whose calls can be made to fail, to model an unreachable backend.
-    #[derive(Default)]
-    struct MemMeta {
-        kv: Mutex<BTreeMap<(String, String), Bytes>>,
-        failing: AtomicBool,
-    }
-
-    impl MemMeta {
-        fn check(&self) -> Result<(), MetaError> {
-            if self.failing.load(Ordering::SeqCst) {
-                return Err(MetaError::Storage { context: "testing", detail: "unreachable".into() });
-            }
-            Ok(())
-        }
-    }
-
-    #[async_trait]
-    impl MetaStore for MemMeta {
-        async fn get(&self, c: &'static str, key: &str) -> Result<Option<Bytes>, MetaError> {
-            self.check()?;
-            Ok(self.kv.lock().unwrap().get(&(c.to_owned(), key.to_owned())).cloned())
-        }
-        async fn scan(&self, c: &'static str, prefix: &str) -> Result<Vec<(String, Bytes)>, MetaError> {
-            self.check()?;
-            let kv = self.kv.lock().unwrap();
-            Ok(kv
-                .iter()
-                .filter(|((col, k), _)| col == c && k.starts_with(prefix))
-                .map(|((_, k), v)| (k.clone(), v.clone()))
-                .collect())
-        }
-        async fn write(&self, writes: Vec<Write>) -> Result<(), MetaError> {
-            self.check()?;
-            let mut kv = self.kv.lock().unwrap();
-            for w in writes {
-                let k = (w.collection.to_owned(), w.key);
-                match w.value {
-                    Some(v) => kv.insert(k, v),
-                    None => kv.remove(&k),
-                };
-            }
-            Ok(())
-        }
-        async fn compare_and_set(
-            &self,
-            c: &'static str,
-            key: &str,
-            expected: Option<Bytes>,
-            new: Option<Bytes>,
-        ) -> Result<bool, MetaError> {
-            self.check()?;
-            let mut kv = self.kv.lock().unwrap();
-            let k = (c.to_owned(), key.to_owned());
-            if kv.get(&k) != expected.as_ref() {
-                return Ok(false);
-            }
-            match new {
-                Some(v) => kv.insert(k, v),
-                None => kv.remove(&k),
-            };
-            Ok(true)
-        }
-        async fn append(&self, _: &'static str, _: Bytes) -> Result<u64, MetaError> {
-            unimplemented!("not used by leases")
-        }
-        async fn read_log(&self, _: &'static str, _: u64, _: usize) -> Result<Vec<(u64, Bytes)>, MetaError> {
-            unimplemented!("not used by leases")
-        }
-    }
+    type MemMeta = Severable<MemoryMetaStore>;
 
     fn short() -> LeaseConfig {
         LeaseConfig { ttl: Duration::from_millis(300), renew_every: Duration::from_millis(50) }
@@ -727,12 +655,12 @@ mod tests {
         let (_stop_tx, stop) = watch::channel(false);
         let mut ra = a.hold("webhooks", stop);
         until(&mut ra, true, Duration::from_secs(2)).await;
-        mem.failing.store(true, Ordering::SeqCst);
+        mem.sever(true);
         let cut = std::time::Instant::now();
         until(&mut ra, false, Duration::from_secs(2)).await;
         assert!(cut.elapsed() < short().ttl, "still claimed the lease after the ttl: {:?}", cut.elapsed());
         // Once the store is back the node takes the lease again, as a new epoch.
-        mem.failing.store(false, Ordering::SeqCst);
+        mem.sever(false);
         until(&mut ra, true, Duration::from_secs(2)).await;
         assert_eq!(a.owner("webhooks").await.unwrap().map(|r| r.epoch), Some(2));
     }

@@ -13,6 +13,8 @@ mod redb_store;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+pub mod testing;
 
 use async_trait::async_trait;
 use bytes::Bytes;

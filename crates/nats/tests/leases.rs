@@ -6,71 +6,14 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use common::{NatsCluster, connect, store_config};
+use esgf_events_meta::MetaStore;
 use esgf_events_meta::lease::{LeaseConfig, Leases, NodeInfo, Nodes};
-use esgf_events_meta::{MetaError, MetaStore, Write};
+use esgf_events_meta::testing::Severable;
 use esgf_events_nats::JetStreamMeta;
 use tokio::sync::watch;
-
-/// A node's view of the state store that can be cut off, as if the node died or lost its network: every call
-/// fails from then on.
-struct Severable {
-    inner: JetStreamMeta,
-    cut: AtomicBool,
-}
-
-impl Severable {
-    fn check(&self) -> Result<(), MetaError> {
-        if self.cut.load(Ordering::SeqCst) {
-            return Err(MetaError::Storage { context: "testing", detail: "node cut off".into() });
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl MetaStore for Severable {
-    async fn get(&self, c: &'static str, key: &str) -> Result<Option<Bytes>, MetaError> {
-        self.check()?;
-        self.inner.get(c, key).await
-    }
-    async fn scan(&self, c: &'static str, prefix: &str) -> Result<Vec<(String, Bytes)>, MetaError> {
-        self.check()?;
-        self.inner.scan(c, prefix).await
-    }
-    async fn write(&self, writes: Vec<Write>) -> Result<(), MetaError> {
-        self.check()?;
-        self.inner.write(writes).await
-    }
-    async fn compare_and_set(
-        &self,
-        c: &'static str,
-        key: &str,
-        expected: Option<Bytes>,
-        new: Option<Bytes>,
-    ) -> Result<bool, MetaError> {
-        self.check()?;
-        self.inner.compare_and_set(c, key, expected, new).await
-    }
-    async fn append(&self, log: &'static str, entry: Bytes) -> Result<u64, MetaError> {
-        self.check()?;
-        self.inner.append(log, entry).await
-    }
-    async fn read_log(
-        &self,
-        log: &'static str,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Bytes)>, MetaError> {
-        self.check()?;
-        self.inner.read_log(log, after, limit).await
-    }
-}
 
 const CONFIG: LeaseConfig =
     LeaseConfig { ttl: Duration::from_millis(2000), renew_every: Duration::from_millis(400) };
@@ -86,12 +29,10 @@ async fn wait_for(rx: &mut watch::Receiver<bool>, want: bool, within: Duration, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_moves_to_another_node_when_the_holder_stops_renewing() {
     let cluster = NatsCluster::start().await;
-    let a_meta = Arc::new(Severable {
-        inner: JetStreamMeta::open(connect(&cluster, &[0]).await, store_config(&cluster))
-            .await
-            .expect("open"),
-        cut: AtomicBool::new(false),
-    });
+    // A's view of the state store can be cut off, as if the node died or lost its network.
+    let a_meta = Arc::new(Severable::new(
+        JetStreamMeta::open(connect(&cluster, &[0]).await, store_config(&cluster)).await.expect("open"),
+    ));
     let b_meta: Arc<dyn MetaStore> = Arc::new(
         JetStreamMeta::open(connect(&cluster, &[2]).await, store_config(&cluster)).await.expect("open"),
     );
@@ -110,7 +51,7 @@ async fn lease_moves_to_another_node_when_the_holder_stops_renewing() {
     let first_epoch = held.epoch;
 
     // Node a stops renewing.
-    a_meta.cut.store(true, Ordering::SeqCst);
+    a_meta.sever(true);
     let cut = Instant::now();
     let a_gave_up = wait_for(&mut ra, false, CONFIG.ttl, "node a gives the lease up before it expires").await;
     let b_took = wait_for(&mut rb, true, CONFIG.ttl * 3, "node b takes the lease over").await;
@@ -126,7 +67,7 @@ async fn lease_moves_to_another_node_when_the_holder_stops_renewing() {
     eprintln!("lease takeover after the holder stopped renewing: {takeover:?} (ttl {:?})", CONFIG.ttl);
 
     // Node a comes back: it does not get the lease back while b renews it.
-    a_meta.cut.store(false, Ordering::SeqCst);
+    a_meta.sever(false);
     tokio::time::sleep(CONFIG.renew_every * 3).await;
     assert!(!*ra.borrow() && *rb.borrow(), "the returning node waited its turn");
 }
